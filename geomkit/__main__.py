@@ -1,0 +1,3 @@
+from geomkit.cli import main
+
+raise SystemExit(main())

