@@ -77,6 +77,9 @@ GEMMA = Family(
     # `embed` site already carries the factor; Gemma 1/2 multiply in the model's forward instead,
     # after the `embed` site (there embed_scale stays 1 here and `blocks.0.resid_pre` has it).
     embed_scale_attr="embed_scale",
+    # Analyses run the transformer without the 262k-row LM head; the LM objective calls the
+    # full model, whose forward passes input_ids on to this same root.
+    root=("model.language_model", "language_model", "model", ""),
     notes="Gemma 2/3 (SANA's text encoder): pre-norm RMSNorm with sandwich norms, RoPE, no absolute positions.",
 )
 

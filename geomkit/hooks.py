@@ -21,6 +21,11 @@ from geomkit.errors import GeomkitError
 _BLOCK_SITE = re.compile(r"^blocks\.(\d+)\.(resid_pre|ln1|resid_post)$")
 
 
+class _StopForward(Exception):
+    """Raised by a capture hook (``stop=True``) once every requested site is recorded, so a
+    forward ends early; `run_with_cache` catches it."""
+
+
 def _first_tensor(x):
     """Block outputs are tuples in some transformers versions and tensors in others."""
     if isinstance(x, (tuple, list)):
@@ -63,14 +68,17 @@ def _hidden_from_call(args, kwargs):
 
 
 @contextmanager
-def capture(enc, sites: Iterable[str], *, detach: bool = True, dtype=None):
+def capture(enc, sites: Iterable[str], *, detach: bool = True, dtype=None, stop: bool = False):
     """Record `sites` during forwards run inside the block; yields {site: tensor}.
 
     A site hit several times (several forwards) keeps the last value. `detach=False` keeps the
     graph (for gradients through captured activations). `dtype` casts on capture (e.g. float64).
+    `stop=True` ends the forward (by raising an internal exception that `run_with_cache`
+    catches) as soon as every site is recorded: probes of early sites skip the later blocks.
     """
     cache: dict = {}
     handles = []
+    wanted = list(dict.fromkeys(sites))
 
     def keep(site, value):
         value = _first_tensor(value)
@@ -79,9 +87,11 @@ def capture(enc, sites: Iterable[str], *, detach: bool = True, dtype=None):
         if dtype is not None:
             value = value.to(dtype)
         cache[site] = value
+        if stop and len(cache) == len(wanted):
+            raise _StopForward
 
     try:
-        for site in dict.fromkeys(sites):
+        for site in wanted:
             module, kind = resolve_site(enc, site)
             if kind == "pre":
                 handles.append(
@@ -163,7 +173,12 @@ def inject(enc, vectors, *, token_ids: Optional[Sequence[int]] = None, mask=None
 
 
 def run_with_cache(enc, input_ids, attention_mask=None, sites: Iterable[str] = (), **kwargs):
-    """One forward of the encoder with `sites` captured: (model output, {site: tensor})."""
+    """One forward of the encoder with `sites` captured: (model output, {site: tensor}).
+
+    With `stop=True` the forward ends once the sites are recorded and the output is None."""
     with capture(enc, sites, **kwargs) as cache:
-        out = enc.forward(input_ids, attention_mask)
+        try:
+            out = enc.forward(input_ids, attention_mask)
+        except _StopForward:
+            out = None
     return out, cache

@@ -150,7 +150,7 @@ def save_sd_pipeline(dest: Path, sdxl: bool = False, seed: int = 0) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     _seeded(seed)
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
     )
     vae = AutoencoderKL(
         block_out_channels=[8, 16],
@@ -228,4 +228,70 @@ def cached_dir(kind: str, root: str) -> Path:
         "sd": lambda d: save_sd_pipeline(d, sdxl=False),
         "sdxl": lambda d: save_sd_pipeline(d, sdxl=True),
     }
+    return builders[kind](dest)
+
+
+# ---- tiny scoring models (evaluation: DINOv2 image features, SigLIP / CLIP image-text) ----------
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def save_dinov2_model(dest: Path, seed: int = 0, image_size: int = 32, hidden: int = 32, layers: int = 2) -> Path:
+    """A tiny random `Dinov2Model` with DINOv2's image processor (resize shortest edge, centre crop,
+    ImageNet normalisation), scaled down to `image_size` pixels."""
+    from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
+
+    _seeded(seed)
+    cfg = Dinov2Config(
+        image_size=image_size, patch_size=8, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+        mlp_ratio=2,
+    )
+    Dinov2Model(cfg).save_pretrained(dest)
+    BitImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, do_center_crop=True,
+    ).save_pretrained(dest)
+    return Path(dest)
+
+
+def save_siglip_model(dest: Path, seed: int = 0, image_size: int = 32, hidden: int = 32, layers: int = 2) -> Path:
+    """A tiny random `SiglipModel` (text tower of 64 positions, as SigLIP's checkpoints) with
+    SigLIP's image processor (plain resize, mean/std 0.5). Its tokenizer is CLIP's BPE (rebuilt
+    from open_clip's file): real SigLIP folders bring their own SentencePiece tokenizer."""
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel
+
+    _seeded(seed)
+    text = dict(vocab_size=CLIP_VOCAB_SIZE, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                num_attention_heads=4, max_position_embeddings=64)
+    vision = dict(image_size=image_size, patch_size=8, hidden_size=hidden, intermediate_size=2 * hidden,
+                  num_hidden_layers=layers, num_attention_heads=4)
+    SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).save_pretrained(dest)
+    SiglipImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(dest)
+    write_clip_tokenizer(dest)
+    return Path(dest)
+
+
+def save_clip_model(dest: Path, seed: int = 0, image_size: int = 32, hidden: int = 32, layers: int = 2) -> Path:
+    """A tiny random two-tower `CLIPModel` (text + vision) with CLIP's image processor and tokenizer."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    _seeded(seed)
+    text = clip_text_config(hidden=hidden, layers=layers).to_dict()
+    vision = dict(image_size=image_size, patch_size=8, hidden_size=hidden, intermediate_size=2 * hidden,
+                  num_hidden_layers=layers, num_attention_heads=4)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=hidden)).save_pretrained(dest)
+    CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    ).save_pretrained(dest)
+    write_clip_tokenizer(dest)
+    return Path(dest)
+
+
+@lru_cache(maxsize=None)
+def cached_scorer_dir(kind: str, root: str) -> Path:
+    """Build each tiny scoring model ("dinov2" | "siglip" | "clipmodel") once per process under `root`."""
+    dest = Path(root) / kind
+    if (dest / "config.json").exists():
+        return dest
+    builders = {"dinov2": save_dinov2_model, "siglip": save_siglip_model, "clipmodel": save_clip_model}
     return builders[kind](dest)
