@@ -55,3 +55,30 @@ def test_word_split_into_pieces_lists_them(tiny_encoder):
 def test_readable_token_marks_invisible_characters():
     assert readable_token("\u2069") == "U+2069"
     assert readable_token("ab c") == "ab c"
+
+
+def test_sana_style_pipeline_with_gemma2_text_encoder(tmp_path):
+    """SANA folders hold a Gemma 2 text encoder under text_encoder/."""
+    import torch
+    from transformers import Gemma2Config, Gemma2Model
+
+    from geomkit.hooks import run_with_cache
+    from geomkit.tiny import minilm_tokenizer
+
+    tok = minilm_tokenizer()
+    torch.manual_seed(0)
+    cfg = Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=1, head_dim=8, vocab_size=len(tok), pad_token_id=0)
+    Gemma2Model(cfg).save_pretrained(tmp_path / "text_encoder")
+    tok.save_pretrained(tmp_path / "tokenizer")
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "SanaPipeline",
+        "text_encoder": ["transformers", "Gemma2Model"], "tokenizer": ["transformers", "BertTokenizerFast"]}))
+    enc = load_encoder(str(tmp_path))
+    assert enc.family.name == "gemma" and enc.subfolder == "text_encoder"
+    batch = enc.encode(["a photo of a dog"])
+    out, cache = run_with_cache(enc, batch["input_ids"], sites=["embed", "blocks.0.resid_pre", "blocks.1.resid_post"])
+    hs = enc.forward(batch["input_ids"], output_hidden_states=True).hidden_states
+    torch.testing.assert_close(cache["blocks.0.resid_pre"], hs[0], rtol=0, atol=0)
+    # wherever the model applies its sqrt(d) factor, block 0 receives the raw row times sqrt(d)
+    raw = enc.embedding_table()[batch["input_ids"]]
+    torch.testing.assert_close(cache["blocks.0.resid_pre"], raw * 32**0.5, rtol=1e-3, atol=1e-5)
