@@ -293,7 +293,9 @@ def load_encoder(spec: str = DEFAULT_MODEL, *, encoder: int = 1, dtype=None, pro
         )
 
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # per-tensor loading bars bury geomkit's own output
     cls = _model_class(config)
     try:
         model = cls.from_pretrained(model_dir, dtype=dtype or torch.float32)

@@ -50,3 +50,23 @@ def test_minilm_neighbors_and_norms(minilm, tmp_path, capsys):
     stats = json.loads((tmp_path / "m" / "results.json").read_text())
     assert stats["count"] == 30522 and 0.9 < stats["mean"] < 1.2
     assert stats["min"] <= stats["median"] <= stats["max"]
+
+
+def test_whisper_decoder_loads_and_hooks():
+    from geomkit.hooks import run_with_cache
+    from geomkit.models import load_encoder
+
+    enc = load_encoder("whisper-tiny-en")
+    assert enc.family.name == "whisper-decoder" and enc.n_blocks == 4 and enc.d_model == 384
+    assert enc.vocab_size == 51864 and enc.position_table().shape == (448, 384)
+    batch = enc.encode(["a photo of an apple on a table"])
+    _, cache = run_with_cache(enc, batch["input_ids"], batch["attention_mask"], sites=enc.sites())
+    ref = enc.forward(batch["input_ids"], batch["attention_mask"], output_hidden_states=True).hidden_states
+    for i in range(enc.n_blocks):
+        torch.testing.assert_close(cache[f"blocks.{i}.resid_pre"], ref[i], rtol=0, atol=0)
+    # pre-norm with learned absolute positions: block 0 receives token + position embeddings
+    torch.testing.assert_close(cache["blocks.0.resid_pre"], cache["embed"] + cache["pos_embed"])
+    # trained vocabulary: norms about 0.44, like CLIP's ~0.4 (converter's own report)
+    from geomkit.geometry import norm_stats, row_norms
+
+    assert 0.40 < norm_stats(row_norms(enc.embedding_table()))["mean"] < 0.48

