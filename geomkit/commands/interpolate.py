@@ -1,0 +1,151 @@
+"""`geomkit interpolate A B`: slerp / lerp between two learned tokens (the paper's Fig. 4)."""
+
+from __future__ import annotations
+
+from geomkit.commands._common import add_out_arg, float_list
+from geomkit.commands.generate import add_generation_args
+
+NAME = "interpolate"
+ORDER = 72
+HELP = "slerp/lerp between two learned embeddings at several ratios (Fig. 4), optionally rendered"
+DESCRIPTION = (
+    "Interpolate two learned tokens (embedding files or training run folders) at --ratios: slerp moves the "
+    "direction along the great circle and interpolates the norm linearly (two DTI tokens of norm m* keep m* "
+    "at every ratio: the natural choice for DTI); lerp is TI's straight line (its norm dips between differing "
+    "vectors). Writes one embedding file per ratio (diffusers format, or the SDXL clip_l/clip_g format when "
+    "the inputs are SDXL pairs) and results.json with per-ratio norms and angles. With --model and --prompt, "
+    "also renders each prompt at every ratio with the same seed as one grid PNG."
+)
+
+
+FIG4_RATIOS = (0.0, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 1.0)  # = geomkit.interpolation.FIG4_RATIOS (no torch import here)
+
+
+def add_arguments(p):
+    default = ",".join(f"{r:g}" for r in FIG4_RATIOS)
+    p.add_argument("a", metavar="A", help="learned embedding file or training run folder (ratio 0)")
+    p.add_argument("b", metavar="B", help="learned embedding file or training run folder (ratio 1)")
+    p.add_argument("--ratios", type=float_list, default=list(FIG4_RATIOS), metavar="R,R,...", help=f"ratios in [0, 1] (default {default}, as Fig. 4)")
+    p.add_argument("--mode", choices=("slerp", "lerp"), default="slerp", help="slerp (default; on the sphere) or lerp (straight line, TI's usual)")
+    p.add_argument("--token", default="<mix>", help="the token name written into the output files (default <mix>)")
+    p.add_argument("--model", metavar="PIPELINE", default=None, help="diffusers pipeline folder: render the interpolants (default with --prompt: the runs' model, when A and B are run folders of one pipeline)")
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="prompt to render, '{}' = the interpolated token (repeatable; needs --model)")
+    p.add_argument("--cell", type=int, default=256, help="grid cell size in pixels (default 256)")
+    add_generation_args(p, seeds="0")  # one grid row per prompt and seed
+    add_out_arg(p, "runs/interpolate")
+
+
+def read_input(spec: str):
+    """(name, parts, model or None) from an embedding file or a run folder."""
+    from pathlib import Path
+
+    from geomkit.errors import GeomkitError
+    from geomkit.generation import read_run_results, read_token_file, run_token
+    from geomkit.interpolation import token_parts
+
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        tok = run_token(p)
+        return tok.name, token_parts(tok), read_run_results(p).get("model")
+    if not p.exists():
+        raise GeomkitError(f"{spec}: no such embedding file or run folder")
+    tok = read_token_file(p)
+    return tok.name, token_parts(tok), None
+
+
+def run(args) -> int:
+    from geomkit import report
+    from geomkit.commands.generate import check_generation_args, generation_settings
+    from geomkit.embeddings_io import save_learned, save_sdxl_pair
+    from geomkit.errors import GeomkitError
+    from geomkit.generation import Job, Token, check_tokens_fit, generate, image_grid, install_tokens, load_pipeline, pipeline_dir, save_png, settings_guard
+    from geomkit.interpolation import check_compatible, check_ratios, describe, interpolate
+
+    ratios = check_ratios(args.ratios)
+    name_a, a, model_a = read_input(args.a)
+    name_b, b, model_b = read_input(args.b)
+    check_compatible(a, b, f"A ({args.a})", f"B ({args.b})")
+    if model_a and model_b and model_a != model_b:
+        raise GeomkitError(f"A was trained on {model_a} and B on {model_b}: tokens of different encoders cannot be interpolated")
+    model = args.model or (model_a if args.prompt and model_a == model_b else None)
+    if args.prompt and not model:
+        raise GeomkitError("--prompt renders images and needs --model PIPELINE")
+    if args.model and not args.prompt:
+        raise GeomkitError("--model needs at least one --prompt TEXT to render")
+    for text in args.prompt:
+        if "{}" not in text:
+            raise GeomkitError(f"--prompt {text!r}: needs a '{{}}' placeholder where the interpolated token goes")
+    folder = pipeline_dir(model) if model else None
+    if folder is not None:
+        check_generation_args(args)
+        check_tokens_fit(folder, [Token(name=name_a, parts=dict(a), hints={"clip_l": 1, "clip_g": 2})])
+
+    out = report.prepare_out(args.out)
+    mixes = interpolate(a, b, ratios, args.mode)
+    info = describe(a, b, mixes)
+    sdxl = "clip_l" in a
+    files = []
+    for i, (t, m) in enumerate(zip(ratios, mixes)):
+        f = out / f"mix-{i:02d}-r{t:.2f}.safetensors"
+        if sdxl:
+            save_sdxl_pair(f, m["clip_l"], m["clip_g"])
+        else:
+            save_learned(f, args.token, m["embedding"])
+        files.append(f.name)
+
+    grid_name = None
+    if folder is not None:
+        tokens = [Token(name=f"<mix-{i}>", parts=dict(m), hints={"clip_l": 1, "clip_g": 2}) for i, m in enumerate(mixes)]
+        img_dir = out / "images"
+        settings = generation_settings(args, folder, tokens)
+        settings["mode"] = args.mode
+        settings_guard(img_dir, settings, overwrite=args.overwrite)
+        rows = [(pi, text, seed) for pi, text in enumerate(args.prompt) for seed in args.seeds]
+        jobs = [
+            Job(text.replace("{}", tok.name), seed, img_dir / f"p{pi:02d}-r{i:02d}-{t:.2f}-s{seed}.png")
+            for pi, text, seed in rows
+            for i, (t, tok) in enumerate(zip(ratios, tokens))
+        ]
+        pipe = load_pipeline(folder, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
+        install_tokens(pipe, tokens)
+        generate(pipe, jobs, steps=args.steps, guidance=args.guidance, size=args.size, batch_size=args.batch_size,
+                 negative_prompt=args.negative_prompt, progress=not args.no_progress, desc=f"rendering ({args.mode})")
+        labels = [text if len(args.seeds) == 1 else f"{text} (seed {seed})" for _, text, seed in rows]
+        grid = image_grid([j.path for j in jobs], len(rows), len(ratios), row_labels=labels,
+                          col_labels=[f"{t:g}" for t in ratios], cell=args.cell)
+        grid_name = f"grid-{args.mode}.png"
+        save_png(out / grid_name, grid)
+
+    results = {
+        "mode": args.mode,
+        "ratios": ratios,
+        "norms": info["norms"],
+        "angles_deg": info["angles_deg"],
+        "parts": info["parts"],
+        "angles_to_b_deg": info["angles_to_b_deg"],
+        "angle_ab_deg": info["angle_ab_deg"],
+        "norm_a": info["norm_a"],
+        "norm_b": info["norm_b"],
+        "a": {"path": str(args.a), "token": name_a, "model": model_a},
+        "b": {"path": str(args.b), "token": name_b, "model": model_b},
+        "token": args.token,
+        "format": "sdxl clip_l/clip_g" if sdxl else "diffusers",
+        "files": files,
+        "grid": grid_name,
+        "model": str(folder) if folder else None,
+        "prompts": args.prompt,
+    }
+    report.write_json(out / "results.json", results)
+
+    table = []
+    for i, t in enumerate(ratios):
+        row = {"ratio": t, "file": files[i]}
+        for j, label in enumerate(info["parts"]):
+            row[f"norm {label}"] = info["norms"][i][j]
+            row[f"angle from A {label}"] = info["angles_deg"][i][j]
+        table.append(row)
+    print(f"{args.mode}: {name_a} -> {name_b}   angle between them: "
+          + ", ".join(f"{lab} {ang:.2f} deg" for lab, ang in zip(info["parts"], info["angle_ab_deg"])))
+    print(report.table_text(table))
+    print(f"\nwrote {len(files)} embedding files and {out / 'results.json'}" + (f", {out / grid_name}" if grid_name else ""))
+    return 0

@@ -1,0 +1,183 @@
+"""slerp / lerp between learned tokens (Fig. 4): the geometry, `geomkit interpolate` end to end
+(files, results.json, the rendered grid on tiny SD / SDXL pipelines) and its one-line errors."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from geomkit.cli import main
+from geomkit.embeddings_io import read_tensors, save_learned, save_sdxl_pair
+from geomkit.interpolation import FIG4_RATIOS, describe, interpolate
+
+FIG4 = list(FIG4_RATIOS)
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _assert_one_line_error(code, err, text):
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and text in lines[0], err
+
+
+def _on_sphere(d, m, seed):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(1, d, generator=g)
+    return v / v.norm() * m
+
+
+def test_slerp_keeps_the_norm_and_hits_both_endpoints_exactly():
+    a, b = _on_sphere(64, 0.387, 0), _on_sphere(64, 0.387, 1)
+    mixes = interpolate({"embedding": a}, {"embedding": b}, FIG4, "slerp")
+    assert torch.equal(mixes[0]["embedding"], a) and torch.equal(mixes[-1]["embedding"], b)
+    for m in mixes:
+        assert m["embedding"].double().norm().item() == pytest.approx(0.387, rel=1e-6)
+    # the direction moves at constant angular speed along the great circle
+    info = describe({"embedding": a}, {"embedding": b}, mixes)
+    omega = info["angle_ab_deg"][0]
+    for t, ang, to_b in zip(FIG4, info["angles_deg"], info["angles_to_b_deg"]):
+        assert ang[0] == pytest.approx(t * omega, abs=1e-4)
+        assert to_b[0] == pytest.approx((1 - t) * omega, abs=1e-4)
+        assert ang[0] + to_b[0] == pytest.approx(omega, abs=1e-4)  # on the arc between A and B
+
+
+def test_slerp_norm_is_linear_when_the_inputs_differ_and_per_part_for_sdxl():
+    a = {"clip_l": _on_sphere(8, 0.4, 0), "clip_g": _on_sphere(12, 0.6, 1)}
+    b = {"clip_l": _on_sphere(8, 2.0, 2), "clip_g": _on_sphere(12, 0.6, 3)}
+    mixes = interpolate(a, b, [0.0, 0.25, 0.5, 1.0], "slerp")
+    for t, m in zip([0.0, 0.25, 0.5, 1.0], mixes):
+        assert m["clip_l"].norm().item() == pytest.approx((1 - t) * 0.4 + t * 2.0, rel=1e-6)
+        assert m["clip_g"].norm().item() == pytest.approx(0.6, rel=1e-6)
+
+
+def test_lerp_midpoint_norm_is_smaller_when_the_inputs_differ():
+    a, b = _on_sphere(64, 0.387, 0), _on_sphere(64, 0.387, 1)
+    mixes = interpolate({"embedding": a}, {"embedding": b}, [0.0, 0.5, 1.0], "lerp")
+    mid = mixes[1]["embedding"]
+    assert torch.equal(mixes[0]["embedding"], a) and torch.equal(mixes[2]["embedding"], b)
+    cos = torch.nn.functional.cosine_similarity(a.double(), b.double()).item()
+    expect = 0.387 * math.sqrt((1 + cos) / 2)  # |(a + b) / 2| for |a| = |b|
+    assert mid.double().norm().item() == pytest.approx(expect, rel=1e-6)
+    assert mid.norm() < 0.387 * 0.99
+    # identical inputs: lerp changes nothing
+    same = interpolate({"embedding": a}, {"embedding": a.clone()}, [0.5], "lerp")[0]["embedding"]
+    torch.testing.assert_close(same, a)
+
+
+def test_cli_writes_one_file_per_ratio_and_results(tmp_path, capsys):
+    a, b = _on_sphere(32, 0.5, 0), _on_sphere(32, 0.5, 1)
+    save_learned(tmp_path / "a.safetensors", "<cat-a>", a)
+    save_learned(tmp_path / "b.safetensors", "<dog-b>", b)
+    out = tmp_path / "o"
+    code, stdout, _ = _run(capsys, "interpolate", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--out", out)
+    assert code == 0 and "slerp" in stdout
+    res = json.loads((out / "results.json").read_text())
+    assert {"mode", "ratios", "norms", "angles_deg"} <= set(res)
+    assert res["mode"] == "slerp" and res["ratios"] == FIG4 and res["parts"] == ["embedding"]
+    assert len(res["files"]) == len(FIG4) == len(res["norms"]) == len(res["angles_deg"])
+    expect = interpolate({"embedding": a}, {"embedding": b}, FIG4, "slerp")
+    for f, e, n in zip(res["files"], expect, res["norms"]):
+        saved = read_tensors(out / f)
+        assert list(saved) == ["<mix>"]  # diffusers format, loadable by load_textual_inversion
+        torch.testing.assert_close(saved["<mix>"], e["embedding"], rtol=0, atol=0)
+        assert n[0] == pytest.approx(0.5, rel=1e-6)
+    assert res["angles_deg"][0][0] == pytest.approx(0.0, abs=1e-9)
+    assert res["angles_deg"][-1][0] == pytest.approx(res["angle_ab_deg"][0], abs=1e-9)
+
+    code, _, _ = _run(capsys, "interpolate", tmp_path / "a.safetensors", tmp_path / "b.safetensors",
+                      "--mode", "lerp", "--ratios", "0.5", "--out", tmp_path / "l")
+    lres = json.loads((tmp_path / "l" / "results.json").read_text())
+    assert code == 0 and lres["mode"] == "lerp" and lres["norms"][0][0] < 0.5 * 0.99
+
+
+def test_rendered_grid_on_tiny_sd_matches_generate_at_the_endpoints(tiny_dir, tmp_path, capsys):
+    """Ratio 0 renders exactly what A renders on its own (`geomkit generate`, same seed)."""
+    sd = tiny_dir("sd")
+    a, b = _on_sphere(32, 0.5, 0), _on_sphere(32, 0.5, 1)
+    save_learned(tmp_path / "a.safetensors", "<a-tok>", a)
+    save_learned(tmp_path / "b.safetensors", "<b-tok>", b)
+    gen = ["--steps", "2", "--size", "32", "--seeds", "3", "--no-progress"]
+    code, _, _ = _run(capsys, "interpolate", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--ratios", "0,0.5,1",
+                      "--model", sd, "--prompt", "a photo of {}", "--batch-size", "3", "--out", tmp_path / "i", *gen)
+    assert code == 0
+    res = json.loads((tmp_path / "i" / "results.json").read_text())
+    grid = Image.open(tmp_path / "i" / res["grid"])
+    assert grid.size[0] > 3 * 32 and grid.size[1] >= 32
+    imgs = sorted((tmp_path / "i" / "images").glob("*.png"))
+    assert len(imgs) == 3
+    code, _, _ = _run(capsys, "generate", "--model", sd, "--embedding", tmp_path / "a.safetensors", "--prompt", "a photo of {}",
+                      "--out", tmp_path / "g", *gen)
+    assert code == 0
+    single = sorted((tmp_path / "g" / "images").glob("*.png"))
+    r0 = np.asarray(Image.open(imgs[0])).astype(int)
+    ga = np.asarray(Image.open(single[0])).astype(int)
+    r1 = np.asarray(Image.open(imgs[1])).astype(int)
+    assert np.abs(r0 - ga).max() <= 1  # same vector, same seed: the same picture
+    assert np.abs(r0 - r1).max() > 0  # the midpoint is another picture
+
+
+def test_sdxl_pairs_interpolate_per_encoder_and_render(tiny_dir, tmp_path, capsys):
+    save_sdxl_pair(tmp_path / "a.safetensors", _on_sphere(32, 0.4, 0), _on_sphere(48, 0.6, 1))
+    save_sdxl_pair(tmp_path / "b.safetensors", _on_sphere(32, 0.4, 2), _on_sphere(48, 0.6, 3))
+    code, _, err = _run(capsys, "interpolate", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--ratios", "0,0.5,1",
+                        "--model", tiny_dir("sdxl"), "--prompt", "{} on a beach", "--prompt", "a {}", "--steps", "2",
+                        "--size", "32", "--no-progress", "--out", tmp_path / "o")
+    assert code == 0, err
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["parts"] == ["clip_l", "clip_g"] and res["format"] == "sdxl clip_l/clip_g"
+    for n in res["norms"]:
+        assert n == pytest.approx([0.4, 0.6], rel=1e-6)
+    mid = read_tensors(tmp_path / "o" / res["files"][1])
+    assert set(mid) == {"clip_l", "clip_g"} and mid["clip_g"].shape == (1, 48)
+    assert len(list((tmp_path / "o" / "images").glob("*.png"))) == 6
+
+
+def test_bad_inputs_give_one_line(tiny_dir, tmp_path, capsys):
+    save_learned(tmp_path / "a.safetensors", "<a>", _on_sphere(32, 0.5, 0))
+    save_learned(tmp_path / "wide.safetensors", "<w>", _on_sphere(64, 0.5, 1))
+    save_sdxl_pair(tmp_path / "pair.safetensors", _on_sphere(32, 0.4, 0), _on_sphere(48, 0.6, 1))
+    a, w, pair = (str(tmp_path / f) for f in ("a.safetensors", "wide.safetensors", "pair.safetensors"))
+    out = tmp_path / "never"
+    _assert_one_line_error(*_run(capsys, "interpolate", a, w, "--out", out)[::2], "different text encoders")
+    _assert_one_line_error(*_run(capsys, "interpolate", a, pair, "--out", out)[::2], "SDXL clip_l/clip_g pair")
+    _assert_one_line_error(*_run(capsys, "interpolate", a, a, "--ratios", "0,1.5", "--out", out)[::2], "outside [0, 1]")
+    _assert_one_line_error(*_run(capsys, "interpolate", a, tmp_path / "nope.safetensors", "--out", out)[::2], "no such")
+    _assert_one_line_error(*_run(capsys, "interpolate", a, a, "--prompt", "x {}", "--out", out)[::2], "needs --model")
+    _assert_one_line_error(*_run(capsys, "interpolate", a, a, "--model", tiny_dir("sd"), "--prompt", "no slot", "--out", out)[::2], "placeholder")
+    # an SD-sized token cannot be rendered by an SDXL pipeline: refused before anything loads
+    _assert_one_line_error(*_run(capsys, "interpolate", a, a, "--model", tiny_dir("sdxl"), "--prompt", "{}", "--out", out)[::2],
+                           "both text encoders")
+    assert not out.exists()
+
+
+def _run_folder(folder, model, vec, placeholder):
+    """A training run folder in the trainer's format (SD 1.x: one diffusers file)."""
+    folder.mkdir(parents=True)
+    save_learned(folder / "learned_embeds.safetensors", placeholder, vec)
+    results = {"method": "dti", "objective": "diffusion", "model": str(model), "placeholder": placeholder,
+               "init_word": "dog", "m_star": [0.5], "kappa": 1e-4, "lr": 5e-3, "steps": 2, "batch_size": 1,
+               "final_loss": 0.1, "final_norm": [0.5], "angle_from_init_deg": 1.0, "cos_to_prior": 0.99,
+               "seconds": 1.0, "drift": {}}
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def test_run_folders_as_inputs_render_with_their_pipeline(tiny_dir, tmp_path, capsys):
+    a = _run_folder(tmp_path / "ra", tiny_dir("sd"), _on_sphere(32, 0.5, 0), "<dog-a>")
+    b = _run_folder(tmp_path / "rb", tiny_dir("sd"), _on_sphere(32, 0.5, 1), "<dog-b>")
+    code, _, err = _run(capsys, "interpolate", a, b, "--ratios", "0,0.5,1", "--prompt", "a {}", "--steps", "2", "--size", "32",
+                        "--no-progress", "--out", tmp_path / "o")
+    assert code == 0, err
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["a"]["token"] == "<dog-a>" and res["model"] == str(tiny_dir("sd")) and res["grid"]
+    other = _run_folder(tmp_path / "rc", tiny_dir("sdxl"), _on_sphere(32, 0.5, 2), "<dog-c>")
+    _assert_one_line_error(*_run(capsys, "interpolate", a, other, "--out", tmp_path / "never")[::2], "different encoders")
