@@ -79,6 +79,20 @@ def load_learned(path, d_model: Optional[int] = None, encoder: Optional[int] = N
     return Learned(name=name, vectors=vec, path=str(path))
 
 
+def load_learned_set(paths, d_model: Optional[int] = None, encoder: Optional[int] = None) -> dict:
+    """{name: (n_vectors, d) float32} for several files. Files sharing a token name (the TI and DTI
+    runs of one placeholder) are told apart by file stem, or by run folder for `learned_embeds`."""
+    items = [(Path(p), load_learned(p, d_model=d_model, encoder=encoder)) for p in paths]
+    names = [item.name for _, item in items]
+    out = {}
+    for p, item in items:
+        name = item.name
+        if names.count(name) > 1:
+            name = f"{name} ({p.stem if p.stem != 'learned_embeds' else p.resolve().parent.name})"
+        out[name] = item.vectors
+    return out
+
+
 def save_learned(path, token: str, vectors) -> Path:
     """diffusers format: `{token: float32 (n_vectors, d)}`."""
     from geomkit.report import save_tensors

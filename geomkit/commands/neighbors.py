@@ -25,17 +25,16 @@ def add_arguments(p):
 
 def query_table(enc, words, embedding_files=(), k=10):
     """{label: {"token", "vector", "exclude"}} for words and learned embeddings (first vector)."""
-    from geomkit.embeddings_io import load_learned
+    from geomkit.embeddings_io import load_learned_set
 
     table = enc.embedding_table()
     queries = {}
     for word in words:
         tid = enc.token_id(word)
         queries[word] = {"token": enc.token_str(tid), "vector": table[tid], "exclude": [tid]}
-    for path in embedding_files:
-        learned = load_learned(path, d_model=enc.d_model, encoder=None)
-        for j, vec in enumerate(learned.vectors):
-            label = learned.name if len(learned.vectors) == 1 else f"{learned.name}[{j}]"
+    for name, vectors in load_learned_set(embedding_files, d_model=enc.d_model).items():
+        for j, vec in enumerate(vectors):
+            label = name if len(vectors) == 1 else f"{name}[{j}]"
             queries[label] = {"token": label, "vector": vec, "exclude": []}
     return queries
 

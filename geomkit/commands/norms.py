@@ -52,7 +52,7 @@ def run(args) -> int:
     import pandas as pd
 
     from geomkit import report
-    from geomkit.embeddings_io import load_learned
+    from geomkit.embeddings_io import load_learned_set
     from geomkit.errors import GeomkitError
     from geomkit.geometry import norm_stats, row_norms
     from geomkit.models import load_encoder
@@ -61,7 +61,7 @@ def run(args) -> int:
         raise GeomkitError("--extremes must be >= 0 and --bins >= 1")
     out = report.prepare_out(args.out)
     enc = load_encoder(args.model, encoder=args.encoder)
-    learned = [load_learned(p, d_model=enc.d_model, encoder=None) for p in args.embedding]
+    learned = load_learned_set(args.embedding, d_model=enc.d_model)
     norms = row_norms(enc.embedding_table())
     stats = norm_stats(norms)
     order = norms.argsort()
@@ -72,9 +72,9 @@ def run(args) -> int:
     }
     specials = special_token_norms(enc, norms)
     embeddings = {}
-    for item in learned:
-        n = float(item.vectors.double().norm(dim=1).mean())
-        embeddings[item.name] = {"norm": n, "ratio_to_mean": n / stats["mean"], "path": item.path}
+    for name, vectors in learned.items():
+        n = float(vectors.double().norm(dim=1).mean())
+        embeddings[name] = {"norm": n, "ratio_to_mean": n / stats["mean"]}
 
     results = {"model": enc.name, **stats, "embed_scale": enc.embed_scale, "extremes": extremes, "special_tokens": specials, "embeddings": embeddings}
     tokens = [enc.token_str(i) for i in range(len(norms))]

@@ -1,0 +1,141 @@
+"""`geomkit probe-position`: positional recovery from LN(e + p) under scaled norms (Effect I, Fig. 2)."""
+
+from __future__ import annotations
+
+from geomkit.commands._common import add_model_args, add_out_arg
+
+NAME = "probe-position"
+ORDER = 40
+HELP = "train a position probe on LN(e + p) and measure it as one token's norm is scaled (Effect I, Fig. 2)"
+DESCRIPTION = (
+    "Train a 2-layer MLP on the frozen encoder to predict each token's absolute position from the output of the "
+    "first normalisation after position embeddings are added (LN(e + p); BERT: the embedding LayerNorm), over all "
+    "positions of the training prompts. Then, on held-out prompts, replace one content token at a time by its own "
+    "embedding times m (--scales) or by a learned embedding (--embedding), and report the probe's accuracy at that "
+    "token's position, averaged over positions. RoPE models (Gemma) have no LN(e + p): use --site blocks.K.resid_post."
+)
+
+DEFAULT_SCALES = "0.5,1,2,4,8,16"
+
+
+def add_arguments(p):
+    p.add_argument("--scales", default=DEFAULT_SCALES, metavar="M,M,...", help=f"embedding scales m (default {DEFAULT_SCALES})")
+    p.add_argument("--embedding", nargs="+", action="extend", default=[], metavar="FILE", help="learned embedding file(s) to place in the prompts")
+    p.add_argument("--site", default=None, help="site to probe (default: the model's LN(e + p); e.g. blocks.2.resid_post)")
+    p.add_argument("--prompts", default=None, metavar="FILE", help="prompt file, one per line, '#' comments (default: the packaged 305 prompts)")
+    p.add_argument("--max-prompts", type=int, default=None, metavar="N", help="use a seeded subset of N prompts (faster)")
+    p.add_argument("--held-out", type=float, default=0.2, metavar="FRACTION", help="fraction of prompts held out for evaluation (default 0.2)")
+    p.add_argument("--hidden", type=int, default=256, help="probe hidden width (default 256)")
+    p.add_argument("--epochs", type=int, default=40, help="probe training epochs (default 40)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the probe (default 0)")
+    p.add_argument("--min-support", type=int, default=5, metavar="N", help="a position gets a class when at least N training prompts reach it (default 5)")
+    p.add_argument("--probe-dir", default=None, metavar="DIR", help="where to save the trained probe (default probes/<model>/position-<site>/)")
+    p.add_argument("--load-probe", default=None, metavar="DIR", help="evaluate a saved probe instead of training one")
+    add_model_args(p)
+    add_out_arg(p, "runs/probe-position")
+
+
+def plot(res, title: str):
+    import math
+
+    from geomkit.report import figure
+
+    fig, ax = figure(6.4, 4.0)
+    ax.plot(res.scales, [100 * a for a in res.accuracy], "o-", color="#4C72B0", label="one token scaled by m")
+    ax.axhline(100 * res.baseline_accuracy, color="black", ls="--", lw=1, label=f"normal inputs {100 * res.baseline_accuracy:.1f}%")
+    ax.axhline(100 * res.chance, color="#999999", ls=":", lw=1, label=f"chance {100 * res.chance:.1f}%")
+    colors = ["#C44E52", "#55A868", "#8172B2", "#CCB974", "#64B5CD"]
+    for (name, acc), c in zip(res.embeddings.items(), colors * 10):
+        x = res.embedding_norm_ratio.get(name, 1.0)
+        ax.plot([x], [100 * acc], "*", ms=12, color=c, label=f"{name} (norm {x:.2g}x vocab mean): {100 * acc:.1f}%")
+    ax.set_xscale("log", base=2)
+    lo = min(res.scales + list(res.embedding_norm_ratio.values()) or [1.0])
+    hi = max(res.scales + list(res.embedding_norm_ratio.values()) or [1.0])
+    ax.set_xlim(2 ** (math.floor(math.log2(lo)) - 0.3), 2 ** (math.ceil(math.log2(hi)) + 0.3))
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("embedding scale m (learned tokens: norm / vocabulary mean norm)")
+    ax.set_ylabel("position accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def run(args) -> int:
+    import pandas as pd
+
+    from geomkit import report
+    from geomkit.commands._common import load
+    from geomkit.probes import _args
+    from geomkit.probes import position as pos
+    from geomkit.probes.prompts import read_prompts, split_prompts, tokenize
+
+    scales = _args.parse_scales(args.scales)
+    _args.check_files(args.embedding)
+    _args.positive_int(args.max_prompts, "--max-prompts")
+    _args.positive_int(args.hidden, "--hidden")
+    _args.positive_int(args.epochs, "--epochs")
+    _args.positive_int(args.min_support, "--min-support")
+    prompts = _args.subsample(read_prompts(args.prompts), args.max_prompts, args.seed)
+    train_p, test_p = split_prompts(prompts, args.held_out, args.seed)
+    out = report.prepare_out(args.out)
+    enc = load(args)
+    site = pos.default_site(enc, args.site)
+    learned = _args.load_learned_set(enc, args.embedding, encoder=args.encoder if enc.pipeline_dir else None)
+
+    probe = None
+    if args.load_probe:
+        probe, cfg = pos.load_probe(args.load_probe)
+        if cfg.get("site") != site or int(cfg.get("d_model", -1)) != enc.d_model:
+            from geomkit.errors import GeomkitError
+
+            raise GeomkitError(
+                f"--load-probe {args.load_probe}: probe was trained on {cfg.get('model')} at {cfg.get('site')} (d={cfg.get('d_model')}), "
+                f"not {enc.name} at {site} (d={enc.d_model})"
+            )
+    train_t, test_t = tokenize(enc, train_p), tokenize(enc, test_p)
+    res, probe = pos.run_position_probe(
+        enc, train_t, test_t, site, scales, learned, probe=probe, min_support=args.min_support,
+        hidden=args.hidden, epochs=args.epochs, seed=args.seed,
+    )
+
+    probe_dir = None
+    if not args.load_probe:
+        probe_dir = pos.save_probe(
+            args.probe_dir or pos.default_probe_dir(enc, site),
+            probe,
+            {
+                "model": enc.name,
+                "site": site,
+                "seed": args.seed,
+                "epochs": args.epochs,
+                "held_out": args.held_out,
+                "prompts": args.prompts or "geomkit/data/position_prompts.txt",
+                "n_prompts": len(prompts),
+                "train_accuracy": res.train_accuracy,
+                "baseline_accuracy": res.baseline_accuracy,
+            },
+        )
+
+    results = res.results_json()
+    results["probe_dir"] = str(probe_dir or args.load_probe)
+    results["positions"] = enc.family.positions
+    if enc.family.name == "gemma":
+        results["note"] = "Gemma 3 270M numbers come from Q4_K_M-quantised weights (de-quantised)."
+    rows = [{"condition": "normal", "scale": None, "accuracy": res.baseline_accuracy}]
+    rows += [{"condition": "scaled", "scale": m, "accuracy": a} for m, a in zip(res.scales, res.accuracy)]
+    rows += [{"condition": f"learned:{k}", "scale": res.embedding_norm_ratio[k], "accuracy": v} for k, v in res.embeddings.items()]
+    report.write_csv(out / "accuracy.csv", pd.DataFrame(rows))
+    title = f"position probe at {site}: {enc.name}"
+    report.save_figure(out / "position_probe.png", plot(res, title))
+    report.write_json(out / "results.json", results)
+
+    print(f"model: {enc.name}   site: {site}   positions: {res.n_positions} (chance {100 * res.chance:.1f}%)")
+    print(
+        f"prompts: {res.n_train_prompts} train / {res.n_heldout_prompts} held out   train accuracy {100 * res.train_accuracy:.1f}%   "
+        f"held-out, all tokens {100 * res.baseline_all_tokens:.1f}%"
+    )
+    print(report.table_text([{"condition": r["condition"], "m": r["scale"], "accuracy %": 100 * r["accuracy"]} for r in rows], "{:.2f}"))
+    if probe_dir:
+        print(f"\nprobe saved to {probe_dir}")
+    print(f"wrote {out / 'results.json'}, {out / 'position_probe.png'}, {out / 'accuracy.csv'}")
+    return 0

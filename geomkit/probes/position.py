@@ -1,0 +1,390 @@
+"""Effect I (Fig. 2): can a token's absolute position be read from LN(e + p)?
+
+A 2-layer MLP probe is trained on a FROZEN encoder to predict each token's position from the
+vector at one site (default: the family's `first_norm_site`, the paper's LN(e + p); for BERT the
+embedding LayerNorm, for CLIP/Whisper block 0's first LayerNorm), over all positions of the
+training prompts. It is then evaluated on held-out prompts where ONE token's embedding is replaced:
+
+- by itself times m (`scaled`): Lemma 1 says LN(m e + p) forgets p as m grows;
+- by a learned embedding (`learned`): the vector stands in place of the content word.
+
+How tokens are replaced (both cases): for every held-out prompt and every content position j
+(not a special token such as BOS/CLS/EOS/SEP, and j < n_positions), one copy of the prompt is run
+with the embedding-table output at j replaced through `geomkit.hooks.inject`; the probe reads
+the site vector at j and must answer j. Accuracy is computed per position and then averaged over
+positions, so short early positions do not dominate. The replaced word is thus every content
+word in turn; its neighbours and the sequence length are unchanged.
+
+Labels are indices in right-padded rows (see `geomkit.probes.prompts`): absolute positions.
+Only positions present in at least `min_support` training prompts get a class; tokens beyond
+are left out of training and evaluation (their count is reported).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from geomkit.errors import GeomkitError
+from geomkit.hooks import inject, resolve_site, run_with_cache
+from geomkit.probes._threads import single_thread
+from geomkit.probes.prompts import Tokenized, pad_id, pad_right
+
+PROBE_FILE = "probe.safetensors"
+CONFIG_FILE = "config.json"
+
+
+# ---- sites -------------------------------------------------------------------------------------
+def default_site(enc, site: Optional[str] = None) -> str:
+    """The site to probe: `site` if given (checked), else the family's LN(e + p). RoPE families
+    have no LN(e + p): a one-line error suggests probing after K blocks instead."""
+    if site is None:
+        if enc.family.positions == "rope":
+            raise GeomkitError(
+                f"{enc.name} ({enc.family.name}) uses RoPE: there are no absolute position embeddings, so no LN(e + p) "
+                f"to probe; pass --site blocks.K.resid_post (K in 0..{enc.n_blocks - 1}) to probe after K+1 blocks instead"
+            )
+        site = enc.family.first_norm_site
+    resolve_site(enc, site)  # one-line GeomkitError for a site the model lacks
+    return site
+
+
+def safe_name(text: str) -> str:
+    """A file-system-safe rendering of a model or site name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._") or "model"
+
+
+def default_probe_dir(enc, site: str) -> Path:
+    return Path("probes") / safe_name(enc.name) / f"position-{safe_name(site)}"
+
+
+# ---- features ------------------------------------------------------------------------------------
+@dataclass
+class Features:
+    x: torch.Tensor  # (N, d) float32 site vectors
+    position: torch.Tensor  # (N,) long
+    row: torch.Tensor  # (N,) long: prompt index
+    special: torch.Tensor  # (N,) bool
+
+
+def site_features(enc, tok: Tokenized, site: str, batch_size: int = 64) -> Features:
+    """Site vectors of every non-padding token of every prompt (a plain forward, early stop)."""
+    xs, pos, rows, spec = [], [], [], []
+    pid = pad_id(enc)
+    with torch.no_grad():
+        for start in range(0, len(tok.ids), batch_size):
+            chunk = tok.ids[start : start + batch_size]
+            ids, mask = pad_right(chunk, pid)
+            _, cache = run_with_cache(enc, ids, mask, sites=[site], stop=True, dtype=torch.float32)
+            act = cache[site]
+            for r, seq in enumerate(chunk):
+                n = len(seq)
+                xs.append(act[r, :n])
+                pos.append(torch.arange(n))
+                rows.append(torch.full((n,), start + r, dtype=torch.long))
+                spec.append(torch.as_tensor(tok.special[start + r][:n], dtype=torch.bool))
+    return Features(torch.cat(xs), torch.cat(pos), torch.cat(rows), torch.cat(spec))
+
+
+def supported_positions(tok: Tokenized, min_support: int = 5) -> int:
+    """Number of leading positions present in at least `min_support` prompts (>= 1)."""
+    lengths = sorted((len(s) for s in tok.ids), reverse=True)
+    if not lengths:
+        return 0
+    k = min(min_support, len(lengths))
+    return max(1, lengths[k - 1])
+
+
+# ---- the probe -----------------------------------------------------------------------------------
+class PositionProbe(nn.Module):
+    """Standardise -> Linear(d, hidden) -> ReLU -> Linear(hidden, n_positions)."""
+
+    def __init__(self, d_model: int, n_positions: int, hidden: int = 256):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(d_model))
+        self.register_buffer("std", torch.ones(d_model))
+        self.fc1 = nn.Linear(d_model, hidden)
+        self.fc2 = nn.Linear(hidden, n_positions)
+        self.d_model, self.n_positions, self.hidden = d_model, n_positions, hidden
+
+    def forward(self, x):
+        z = (x.to(self.mean.dtype) - self.mean) / self.std
+        return self.fc2(torch.relu(self.fc1(z)))
+
+    @torch.no_grad()
+    def predict(self, x, batch: int = 8192) -> torch.Tensor:
+        self.eval()
+        return torch.cat([self(x[i : i + batch]).argmax(-1) for i in range(0, x.shape[0], batch)]) if len(x) else x.new_zeros(0, dtype=torch.long)
+
+
+def train_probe(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_positions: int,
+    *,
+    hidden: int = 256,
+    epochs: int = 40,
+    batch_size: int = 256,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> PositionProbe:
+    """Mini-batch Adam on cross-entropy with a cosine learning-rate decay; deterministic for a seed.
+
+    Runs on one CPU thread: the matrices are small, and multi-threaded tiny matmuls on a busy
+    2-core machine were measured 20-70x slower than a single thread."""
+    if x.shape[0] == 0:
+        raise GeomkitError("no training tokens: the prompt set is empty after tokenisation")
+    x = x.to(torch.float32)
+    with single_thread():
+        return _train(x, y, n_positions, hidden, epochs, batch_size, lr, weight_decay, seed)
+
+
+def _train(x, y, n_positions, hidden, epochs, batch_size, lr, weight_decay, seed) -> PositionProbe:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = PositionProbe(x.shape[1], n_positions, hidden)
+        probe.mean.copy_(x.mean(0))
+        probe.std.copy_(x.std(0, unbiased=False).clamp_min(1e-6))
+        opt = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
+        steps_per_epoch = max(1, math.ceil(x.shape[0] / batch_size))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+        gen = torch.Generator().manual_seed(seed)
+        probe.train()
+        for _ in range(epochs):
+            order = torch.randperm(x.shape[0], generator=gen)
+            for i in range(0, x.shape[0], batch_size):
+                idx = order[i : i + batch_size]
+                loss = nn.functional.cross_entropy(probe(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+    probe.eval().requires_grad_(False)
+    return probe
+
+
+def save_probe(folder, probe: PositionProbe, config: dict) -> Path:
+    """probe.safetensors + config.json (both atomic) in `folder`."""
+    from geomkit import report
+
+    folder = Path(folder)
+    cfg = dict(config, d_model=probe.d_model, n_positions=probe.n_positions, hidden=probe.hidden, format="geomkit-position-probe/1")
+    report.save_tensors(folder / PROBE_FILE, probe.state_dict(), metadata={"format": cfg["format"]})
+    report.write_json(folder / CONFIG_FILE, cfg)
+    return folder
+
+
+def load_probe(folder) -> tuple[PositionProbe, dict]:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / PROBE_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
+        raise GeomkitError(f"{folder}: no saved probe ({PROBE_FILE} + {CONFIG_FILE})")
+    cfg = json.loads((folder / CONFIG_FILE).read_text())
+    probe = PositionProbe(int(cfg["d_model"]), int(cfg["n_positions"]), int(cfg["hidden"]))
+    probe.load_state_dict(load_file(str(folder / PROBE_FILE)))
+    return probe.eval().requires_grad_(False), cfg
+
+
+# ---- evaluation ----------------------------------------------------------------------------------
+@dataclass
+class Accuracy:
+    accuracy: float  # mean over positions of the per-position accuracy
+    per_position: dict = field(default_factory=dict)  # position -> accuracy
+    count: int = 0  # evaluated (prompt, position) pairs
+
+
+def macro_accuracy(pred: torch.Tensor, target: torch.Tensor) -> Accuracy:
+    per = {}
+    for p in sorted(set(target.tolist())):
+        sel = target == p
+        per[int(p)] = float((pred[sel] == p).double().mean())
+    acc = sum(per.values()) / len(per) if per else float("nan")
+    return Accuracy(acc, per, int(target.numel()))
+
+
+def content_slots(tok: Tokenized, n_positions: int) -> list[tuple[int, int]]:
+    """(prompt index, position) of every non-special token at a position the probe knows."""
+    return [
+        (r, j)
+        for r, (seq, spec) in enumerate(zip(tok.ids, tok.special))
+        for j in range(min(len(seq), n_positions))
+        if not spec[j]
+    ]
+
+
+def evaluate_replaced(
+    enc,
+    probe: PositionProbe,
+    tok: Tokenized,
+    site: str,
+    replacement: Optional[Callable[[int], torch.Tensor]],
+    *,
+    slots: Optional[Sequence[tuple[int, int]]] = None,
+    batch_size: int = 64,
+) -> Accuracy:
+    """Probe accuracy at each slot (prompt, position) when that one token's embedding-table row is
+    replaced by `replacement(token_id)` (raw-table space); None replaces nothing (baseline)."""
+    slots = list(content_slots(tok, probe.n_positions) if slots is None else slots)
+    if not slots:
+        raise GeomkitError("no content tokens to evaluate: the held-out prompts have none within the probe's positions")
+    pid = pad_id(enc)
+    preds, targets = [], []
+    with torch.no_grad():
+        for start in range(0, len(slots), batch_size):
+            part = slots[start : start + batch_size]
+            ids, attn = pad_right([tok.ids[r] for r, _ in part], pid)
+            rows = torch.arange(len(part))
+            cols = torch.as_tensor([j for _, j in part], dtype=torch.long)
+            if replacement is None:
+                _, cache = run_with_cache(enc, ids, attn, sites=[site], stop=True, dtype=torch.float32)
+            else:
+                mask = torch.zeros(ids.shape, dtype=torch.bool)
+                mask[rows, cols] = True
+                vecs = torch.stack([replacement(int(ids[r, j])) for r, j in zip(rows.tolist(), cols.tolist())])
+                with inject(enc, vecs.to(enc.dtype), mask=mask):
+                    _, cache = run_with_cache(enc, ids, attn, sites=[site], stop=True, dtype=torch.float32)
+            feats = cache[site][rows, cols]
+            preds.append(probe.predict(feats))
+            targets.append(cols)
+    return macro_accuracy(torch.cat(preds), torch.cat(targets))
+
+
+def scaled_replacement(enc, m: float) -> Callable[[int], torch.Tensor]:
+    table = enc.embedding_table()
+    return lambda token_id: table[token_id].to(torch.float32) * float(m)
+
+
+def fixed_replacement(vector: torch.Tensor) -> Callable[[int], torch.Tensor]:
+    v = vector.detach().to(torch.float32)
+    return lambda token_id: v
+
+
+# ---- the whole experiment ------------------------------------------------------------------------
+@dataclass
+class PositionResult:
+    model: str
+    site: str
+    n_positions: int
+    chance: float
+    baseline_accuracy: float
+    scales: list
+    accuracy: list
+    embeddings: dict
+    train_accuracy: float = float("nan")
+    baseline_all_tokens: float = float("nan")
+    per_position_baseline: dict = field(default_factory=dict)
+    per_position: dict = field(default_factory=dict)  # str(scale) -> {pos: acc}
+    embedding_norm_ratio: dict = field(default_factory=dict)
+    n_train_prompts: int = 0
+    n_heldout_prompts: int = 0
+    n_train_tokens: int = 0
+    n_heldout_slots: int = 0
+    dropped_tokens: int = 0
+    mean_vocab_norm: float = float("nan")
+
+    def results_json(self) -> dict:
+        return {
+            "model": self.model,
+            "site": self.site,
+            "n_positions": self.n_positions,
+            "chance": self.chance,
+            "baseline_accuracy": self.baseline_accuracy,
+            "scales": self.scales,
+            "accuracy": self.accuracy,
+            "embeddings": self.embeddings,
+            "train_accuracy": self.train_accuracy,
+            "baseline_accuracy_all_tokens": self.baseline_all_tokens,
+            "embedding_norm_ratio": self.embedding_norm_ratio,
+            "mean_vocab_norm": self.mean_vocab_norm,
+            "per_position_baseline": self.per_position_baseline,
+            "per_position": self.per_position,
+            "counts": {
+                "train_prompts": self.n_train_prompts,
+                "heldout_prompts": self.n_heldout_prompts,
+                "train_tokens": self.n_train_tokens,
+                "heldout_slots": self.n_heldout_slots,
+                "tokens_beyond_n_positions": self.dropped_tokens,
+            },
+            "averaging": "per-position accuracy at content (non-special) tokens of held-out prompts, averaged over positions",
+        }
+
+
+def fit_position_probe(enc, train: Tokenized, site: str, *, min_support: int = 5, **train_kw):
+    """Train on every non-padding token of `train` at positions with enough support.
+    Returns (probe, train features, dropped token count, train accuracy)."""
+    n_pos = supported_positions(train, min_support)
+    feats = site_features(enc, train, site)
+    keep = feats.position < n_pos
+    probe = train_probe(feats.x[keep], feats.position[keep], n_pos, **train_kw)
+    train_acc = float((probe.predict(feats.x[keep]) == feats.position[keep]).double().mean())
+    return probe, feats, int((~keep).sum()), train_acc
+
+
+def run_position_probe(
+    enc,
+    train: Tokenized,
+    heldout: Tokenized,
+    site: str,
+    scales: Sequence[float],
+    learned: Optional[dict] = None,
+    *,
+    probe: Optional[PositionProbe] = None,
+    min_support: int = 5,
+    **train_kw,
+) -> tuple[PositionResult, PositionProbe]:
+    """Train (unless `probe` is given), then evaluate the baseline, each scale and each learned
+    embedding ({name: (n_vectors, d) tensor}; each row is placed on its own and the accuracies of
+    the rows are averaged)."""
+    from geomkit.geometry import norm_stats, row_norms
+
+    dropped, train_acc = 0, float("nan")
+    if probe is None:
+        probe, _, dropped, train_acc = fit_position_probe(enc, train, site, min_support=min_support, **train_kw)
+    n_pos = probe.n_positions
+    slots = content_slots(heldout, n_pos)
+    base = evaluate_replaced(enc, probe, heldout, site, None, slots=slots)
+    hf = site_features(enc, heldout, site)
+    keep = hf.position < n_pos
+    all_tok = macro_accuracy(probe.predict(hf.x[keep]), hf.position[keep])
+    accs, per = [], {}
+    for m in scales:
+        a = evaluate_replaced(enc, probe, heldout, site, scaled_replacement(enc, m), slots=slots)
+        accs.append(a.accuracy)
+        per[repr(float(m))] = a.per_position
+    mean_norm = norm_stats(row_norms(enc.embedding_table()))["mean"]
+    emb, ratio = {}, {}
+    for name, vectors in (learned or {}).items():
+        vals = [evaluate_replaced(enc, probe, heldout, site, fixed_replacement(v), slots=slots).accuracy for v in vectors]
+        emb[name] = sum(vals) / len(vals)
+        ratio[name] = float(vectors.double().norm(dim=-1).mean()) / mean_norm
+    result = PositionResult(
+        model=enc.name,
+        site=site,
+        n_positions=n_pos,
+        chance=1.0 / n_pos,
+        baseline_accuracy=base.accuracy,
+        scales=[float(m) for m in scales],
+        accuracy=accs,
+        embeddings=emb,
+        train_accuracy=train_acc,
+        baseline_all_tokens=all_tok.accuracy,
+        per_position_baseline=base.per_position,
+        per_position=per,
+        embedding_norm_ratio=ratio,
+        n_train_prompts=len(train.ids),
+        n_heldout_prompts=len(heldout.ids),
+        n_train_tokens=int(sum(min(len(s), n_pos) for s in train.ids)),
+        n_heldout_slots=len(slots),
+        dropped_tokens=dropped,
+        mean_vocab_norm=mean_norm,
+    )
+    return result, probe
