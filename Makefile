@@ -24,7 +24,7 @@ demo: setup
 	$(GEOMKIT) norms --model gemma3-270m --out $(OUT)/norms
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider tests --nbmake notebooks
 
 test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not real" tests

@@ -1,0 +1,52 @@
+"""`geomkit reproduce`: regenerate the findings report on the real models reachable here."""
+
+from __future__ import annotations
+
+NAME = "reproduce"
+ORDER = 90
+HELP = "re-measure the paper's claims on the real models: figures/, probes/ and figures/REPORT.md"
+DESCRIPTION = (
+    "Runs neighbors, norms, probe-position, residual-angles and attenuation on gemma3-270m, minilm-l6 and "
+    "whisper-tiny-en, trains TI and DTI tokens on Gemma with the LM objective and interpolates them, then writes "
+    "figures/REPORT.md: claim, the paper's number, geomkit's number per model, agreement. Finished steps are reused."
+)
+
+
+def add_arguments(p):
+    p.add_argument("--quick", action="store_true", help="reduced sizes for CI (a few minutes); results go to --results/--figures")
+    p.add_argument("--results", default=None, metavar="DIR", help="raw outputs per model and step (default: probes/, or runs/reproduce-quick/probes with --quick)")
+    p.add_argument("--figures", default=None, metavar="DIR", help="PNGs and REPORT.md (default: figures/, or runs/reproduce-quick/figures with --quick)")
+    p.add_argument("--force", action="store_true", help="rerun every step instead of reusing finished ones")
+    p.add_argument("--only", nargs="+", default=None, metavar="STEP", help="run only these steps (e.g. neighbors norms)")
+    p.add_argument("--models", nargs="+", default=None, metavar="MODEL", help="run only the steps of these models (gemma3-270m minilm-l6 whisper-tiny-en)")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from geomkit import report
+    from geomkit.errors import GeomkitError
+    from geomkit.reproduce import plan, run_steps, write_report
+
+    base = Path("runs/reproduce-quick") if args.quick else Path(".")
+    results = report.prepare_out(args.results or base / "probes")
+    figures = report.prepare_out(args.figures or base / "figures")
+    steps = plan(results, args.quick)
+    if args.only:
+        known = {s.name for s in steps}
+        unknown = [s for s in args.only if s not in known]
+        if unknown:
+            raise GeomkitError(f"--only: unknown step(s) {', '.join(unknown)}; steps are {', '.join(sorted(known))}")
+        steps = [s for s in steps if s.name in args.only]
+    if args.models:
+        from geomkit.reproduce import MODELS
+
+        unknown = [m for m in args.models if m not in MODELS]
+        if unknown:
+            raise GeomkitError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+        steps = [s for s in steps if s.model in args.models]
+    status = run_steps(steps, results, figures, force=args.force)
+    path = write_report(results, figures, plan(results, args.quick), status, args.quick)
+    print(f"\nwrote {path}")
+    print(path.read_text().split("## Figures")[0])
+    return 0

@@ -1,0 +1,87 @@
+"""The key numbers the notebooks show, checked here so that a drift cannot hide in a picture.
+
+Notebooks read the committed outputs of `geomkit reproduce` under probes/; these tests check the
+same files against their invariants, and recompute the live numbers the notebooks compute."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.real
+RESULTS = Path(__file__).resolve().parents[1] / "probes"
+
+
+def _json(*parts):
+    return json.loads(RESULTS.joinpath(*parts).read_text())
+
+
+def test_01_gemma_rankings_coincide_minilm_differ(gemma, minilm):
+    """Notebook 01: Gemma's near-constant norms make Euclidean and cosine neighbours identical."""
+    from geomkit.geometry import nearest, norm_stats, row_norms
+
+    for enc, same in ((gemma, True), (minilm, False)):
+        table = enc.embedding_table()
+        ids = [enc.token_id(w) for w in ("apple", "study", "writing")]
+        cos, euc = nearest(table, table[ids], k=5, exclude=[[i] for i in ids])
+        shared = [len(set(c.ids.tolist()) & set(e.ids.tolist())) for c, e in zip(cos, euc)]
+        assert (shared == [5, 5, 5]) is same
+    s = norm_stats(row_norms(gemma.embedding_table()))
+    assert s["std"] / s["mean"] < 1e-3
+
+
+def test_02_probe_numbers(minilm):
+    """Notebook 02: perfect recovery at natural scale, collapse by m = 16 (live, MiniLM); the
+    committed Gemma probe places DTI above TI."""
+    from geomkit.probes import position as pos
+    from geomkit.probes.prompts import read_prompts, split_prompts, tokenize
+
+    train_p, test_p = split_prompts(read_prompts(), 0.2, seed=0)
+    res, _ = pos.run_position_probe(minilm, tokenize(minilm, train_p), tokenize(minilm, test_p), "embed_norm", [1, 16], epochs=40, seed=0)
+    assert res.baseline_accuracy >= 0.97 and res.accuracy[0] >= 0.97 and res.accuracy[1] < 0.5
+    gemma = _json("gemma3-270m", "probe-position", "results.json")
+    emb = gemma["embeddings"]
+    ti = next(v for k, v in emb.items() if "train-ti" in k)
+    dti = next(v for k, v in emb.items() if "train-dti" in k)
+    assert dti > ti and gemma["accuracy"][-1] < gemma["baseline_accuracy"]
+
+
+def test_03_residual_angle_numbers():
+    """Notebook 03: in Whisper the per-block angle falls from m = 1 to m = 16; in Gemma it rises."""
+    def by_m(model):
+        rows = _json(model, "residual-angles", "results.json")["by_scale"]
+        return {g["scale"]: g["mean_angle_deg"] for g in rows if g["concept"] == "<vocabulary>"}
+
+    w, g = by_m("whisper-tiny-en"), by_m("gemma3-270m")
+    assert w[16.0] < w[1.0] - 5
+    assert g[16.0] > g[1.0]
+
+
+def test_04_ti_vs_dti_numbers():
+    """Notebook 04: DTI's norm is m* at every logged step; TI's grows past it; DTI stays nearer the prior."""
+    runs = {m: RESULTS / "gemma3-270m" / f"train-{m}" for m in ("ti", "dti")}
+    res = {m: json.loads((d / "results.json").read_text()) for m, d in runs.items()}
+    log = [json.loads(l) for l in (runs["dti"] / "train_log.jsonl").read_text().splitlines()]
+    m_star = res["dti"]["m_star"][0]
+    assert all(abs(r["norm"] - m_star) < 1e-6 * m_star for r in log)
+    assert res["ti"]["final_norm"][0] > 1.5 * m_star
+    assert res["dti"]["cos_to_prior"] > res["ti"]["cos_to_prior"]
+    from safetensors.torch import load_file
+
+    dti = load_file(str(runs["dti"] / "learned_embeds.safetensors"))["<glimmerfox>"]
+    assert float(dti.double().norm()) == pytest.approx(m_star, rel=1e-6)
+
+
+def test_05_interpolation_numbers(gemma):
+    """Notebook 05: slerp between the DTI token and 'wolf' keeps the vocabulary norm; lerp dips."""
+    from safetensors.torch import load_file
+
+    from geomkit.geometry import lerp, slerp
+
+    dti = load_file(str(RESULTS / "gemma3-270m" / "train-dti" / "learned_embeds.safetensors"))["<glimmerfox>"][0]
+    wolf = gemma.embedding_table()[gemma.token_id("wolf")]
+    for t in (0.25, 0.5, 0.75):
+        expect = (1 - t) * dti.double().norm() + t * wolf.double().norm()
+        assert float(slerp(dti, wolf, t).double().norm()) == pytest.approx(float(expect), rel=1e-5)
+        assert float(lerp(dti, wolf, t).double().norm()) < float(expect)
