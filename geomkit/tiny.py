@@ -295,3 +295,72 @@ def cached_scorer_dir(kind: str, root: str) -> Path:
         return dest
     builders = {"dinov2": save_dinov2_model, "siglip": save_siglip_model, "clipmodel": save_clip_model}
     return builders[kind](dest)
+
+
+def save_sd_pipeline_wide(dest: Path, text_hidden: int = 768, seed: int = 0) -> Path:
+    """A tiny SD 1.x pipeline whose text encoder has SD 1.5's real width (768) and vocabulary
+    (49,408 rows, 38M parameters), with one block and a tiny UNet/VAE: for measuring what a
+    trainer spends on the embedding table itself (gradients, optimiser state, restores)."""
+    import shutil
+
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    dest = Path(dest)
+    tok_dir = write_clip_tokenizer(dest / "_tok")
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    _seeded(seed)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[8, 16], in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"], up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4, norm_num_groups=2, sample_size=32,
+    )
+    text_encoder = CLIPTextModel(clip_text_config(hidden=text_hidden, layers=1, heads=12 if text_hidden % 12 == 0 else 4))
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=text_hidden, attention_head_dim=2, norm_num_groups=2,
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(dest)
+    shutil.rmtree(tok_dir)
+    return dest
+
+
+def save_sana_pipeline(dest: Path, seed: int = 0) -> Path:
+    """A tiny SANA pipeline folder (Gemma 2 text encoder, SANA DiT, DC-AE, flow-matching scheduler),
+    as diffusers saves it; the tokenizer is MiniLM's WordPiece (any tokenizer whose ids fit works)."""
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    tok = minilm_tokenizer()
+    _seeded(seed)
+    text_encoder = Gemma2Model(Gemma2Config(
+        head_dim=8, hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
+        num_key_value_heads=1, vocab_size=len(tok), max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, attn_implementation="eager",
+    ))
+    transformer = SanaTransformer2DModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2, attention_head_dim=4,
+        num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=16,
+        sample_size=16,
+    )
+    vae = AutoencoderDC(
+        in_channels=3, latent_channels=4, attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"), decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1), decoder_layers_per_block=[1, 1],
+        downsample_block_type="conv", upsample_block_type="interpolate", decoder_norm_types="rms_norm",
+        decoder_act_fns="silu", scaling_factor=0.41407,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipe = SanaPipeline(tokenizer=tok, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
+    pipe.save_pretrained(dest)
+    return Path(dest)

@@ -1,0 +1,18 @@
+"""The DTI / TI trainer: `geomkit train`, or `train(TrainConfig(...))` from Python.
+
+Modules: `config` (settings and input checks), `params` (direction + fixed magnitude, or a free
+embedding), `optim` (RSGD of Algorithm 1, the AdamW variants), `objectives` (diffusion, lm),
+`data` (images, templates, corpus, example order), `checkpoint` (atomic, bit-exact resume),
+`exports` (diffusers / SDXL community formats), `loop` (the training loop).
+"""
+
+from geomkit.train.config import METHODS, TrainConfig
+
+
+def train(cfg: TrainConfig) -> dict:
+    from geomkit.train.loop import train as _train
+
+    return _train(cfg)
+
+
+__all__ = ["METHODS", "TrainConfig", "train"]

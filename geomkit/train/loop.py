@@ -1,0 +1,437 @@
+"""The training loop: `train(TrainConfig) -> results`.
+
+Order of work: settings checked, output folder checked, data read and checked, then models
+loaded (so bad input fails in one line, fast). One step: the learned rows are formed (e = m* v
+or e), injected through `geomkit.hooks.inject`, the objective's loss computed, gradients reach
+only the new rows, the optimiser steps, the step is logged. Checkpoints every --save-every steps
+and at the end; a non-finite loss stops the run, keeping the last good state as a checkpoint.
+
+Several processes (`accelerate launch` / `torchrun`): each draws its own examples and noise
+(a pure function of seed, step and rank), the few gradient rows are averaged with one
+all-reduce, every process takes the same step; only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+from geomkit.errors import GeomkitError
+from geomkit.train import checkpoint, data, objectives
+from geomkit.train.config import TrainConfig, check
+
+STRICT_RESUME = (
+    "method", "objective", "model", "placeholder", "init_word", "prior_word", "magnitude", "num_vectors",
+    "texts", "images", "resolution", "templates", "max_length",
+)
+LOG_FLUSH_S = 5.0
+
+
+class _Dist:
+    """Process layout: one process, or several under accelerate launch / torchrun."""
+
+    def __init__(self, device=None):
+        import torch
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.world > 1:
+            from accelerate import PartialState
+
+            cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+            state = PartialState(cpu=cpu)
+            self.rank, self.world, self.device = state.process_index, state.num_processes, state.device
+            self._state = state
+        else:
+            self.rank = 0
+            self._state = None
+            if device:
+                self.device = torch.device(device)
+            else:
+                self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean(self, t):
+        if self.world == 1:
+            return t
+        import torch.distributed as dist
+
+        t = t.detach().clone()
+        dist.all_reduce(t)
+        return t / self.world
+
+    def average_grads(self, params) -> None:
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    def barrier(self) -> None:
+        if self._state is not None:
+            self._state.wait_for_everyone()
+
+
+def _say(msg: str, main: bool = True) -> None:
+    if main:
+        print(f"geomkit train: {msg}", file=sys.stderr, flush=True)
+
+
+def _metrics(slot) -> dict:
+    import torch
+
+    from geomkit.geometry import angle_deg, cosine
+
+    e = slot.embedding().double()
+    return {
+        "norm": float(e.norm(dim=-1).mean()),
+        "angle_from_init_deg": float(angle_deg(e, slot.init.double()).mean()),
+        "cos_to_prior": float(cosine(e, slot.mu.detach().cpu().double()[None].expand_as(e)).mean()),
+        "_finite": bool(torch.isfinite(e).all()),
+    }
+
+
+def _log_line(step, loss, lr, slots) -> dict:
+    line = {"step": step, "loss": loss}
+    for k, slot in enumerate(slots):
+        suffix = "" if k == 0 else f"_{k + 1}"
+        for key, value in _metrics(slot).items():
+            if not key.startswith("_"):
+                line[key + suffix] = value
+    line["lr"] = lr
+    return line
+
+
+def _write_log(out: Path, log: list) -> None:
+    import json
+
+    from geomkit.report import write_text
+
+    write_text(out / "train_log.jsonl", "".join(json.dumps(line) + "\n" for line in log))
+
+
+def _resume_check(cfg: TrainConfig, saved: dict, main: bool) -> None:
+    diff = [k for k in STRICT_RESUME if str(saved.get(k)) != str(getattr(cfg, k))]
+    if diff:
+        shown = "; ".join(f"--{k.replace('_', '-')} was {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in diff)
+        raise GeomkitError(f"--resume: the checkpoint belongs to a different run ({shown})")
+    soft = [k for k in ("lr", "lr_schedule", "kappa", "batch_size", "seed", "mixed_precision", "crossinit_weight",
+                        "weight_decay", "flip_p") if str(saved.get(k)) != str(getattr(cfg, k))]
+    if soft:
+        _say("resuming with changed settings (the result will differ from an uninterrupted run): "
+             + ", ".join(f"{k} {saved.get(k)} -> {getattr(cfg, k)}" for k in soft), main)
+
+
+def _peak_memory_mb(device) -> float:
+    """Peak memory of this process: CUDA allocations on a GPU; else the resident-set high-water
+    mark of this process's own address space (VmHWM; `ru_maxrss` would also count a parent's
+    memory inherited through fork + exec)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    except (ImportError, AttributeError):
+        return float("nan")
+
+
+class NonFinite(Exception):
+    def __init__(self, what: str, value: float):
+        super().__init__(what)
+        self.what, self.value = what, value
+
+
+class Session:
+    """Everything one run needs between steps: objective (frozen models, data), slots (learned
+    rows), optimiser, precision settings and process layout."""
+
+    def __init__(self, cfg: TrainConfig, inputs: dict, dist: "_Dist"):
+        import torch
+
+        from geomkit.train.optim import make_optimizer
+        from geomkit.train.params import add_placeholder, build_slot
+
+        self.cfg, self.dist = cfg, dist
+        self.obj = objectives.build(cfg, cfg.objective, inputs, dist.device)
+        self.slots = []
+        for enc in self.obj.encoders:
+            ids = add_placeholder(enc, cfg.placeholder, cfg.num_vectors)
+            self.slots.append(build_slot(enc, cfg, ids))
+        self.obj.setup(self.slots)
+        self.params = [s.param for s in self.slots]
+        self.opt = make_optimizer(cfg.method, self.slots, cfg.lr, cfg.kappa, cfg.weight_decay)
+        device_type = dist.device.type
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+        self.autocast = (lambda: torch.autocast(device_type, dtype=half)) if half is not None else nullcontext
+        self.scaler = torch.amp.GradScaler(device_type) if cfg.mixed_precision == "fp16" else None
+
+    def step(self, step: int) -> dict:
+        """One optimisation step (1-based); its log line. Raises NonFinite (nothing updated)."""
+        import torch
+
+        from geomkit.train.optim import lr_at
+
+        cfg, slots, opt, dist, scaler = self.cfg, self.slots, self.opt, self.dist, self.scaler
+        lr = lr_at(step, cfg.lr, cfg.steps, cfg.lr_schedule)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        vectors = [s.vectors() for s in slots]
+        with self.autocast():
+            data_loss = self.obj.loss(vectors, slots, step, dist.rank, dist.world)
+        loss = data_loss.float()
+        if cfg.method == "crossinit" and cfg.crossinit_weight:
+            reg = sum(((v.float() - s.init.to(v.device)) ** 2).sum() for v, s in zip(vectors, slots))
+            loss = loss + cfg.crossinit_weight * reg
+        value = float(dist.mean(loss.detach()))
+        if not math.isfinite(value):
+            raise NonFinite("loss", value)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        dist.average_grads(self.params)
+        if scaler is None and not all(torch.isfinite(p.grad).all() for p in self.params if p.grad is not None):
+            opt.zero_grad(set_to_none=True)
+            raise NonFinite("gradient", value)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        if cfg.method == "crossinit" and cfg.crossinit_weight:  # log the data term, averaged over processes
+            value = float(dist.mean(data_loss.detach().float()))
+        return _log_line(step, value, lr, slots)
+
+
+def train(cfg: TrainConfig) -> dict:
+    import numpy as np
+    import torch
+
+    from geomkit.report import prepare_out, write_json
+    from geomkit.train.exports import export, rescale
+    from geomkit.train.optim import load_optimizer_state_tensors, optimizer_state_tensors
+
+    cfg = check(cfg)
+    cfg.objective = objectives.detect(cfg)
+    out = prepare_out(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    resume_meta = resume_tensors = None
+    if cfg.resume is not None:
+        js = checkpoint.find(out, cfg.resume)
+        resume_meta, resume_tensors = checkpoint.load(js)
+        _resume_check(cfg, resume_meta.get("config", {}), True)
+    elif checkpoint.complete(ckpt_dir):
+        raise GeomkitError(f"--out {out} already holds a training run (checkpoints/); add --resume to continue it, or choose another --out")
+    inputs = objectives.check_inputs(cfg, cfg.objective)
+    related = [w for w in cfg.related if w]
+
+    dist = _Dist(cfg.device)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    torch.manual_seed(cfg.seed)
+
+    sess = Session(cfg, inputs, dist)
+    obj, slots, params, opt = sess.obj, sess.slots, sess.params, sess.opt
+    autocast = sess.autocast
+
+    start, log, prior_seconds, last_saved = 0, [], 0.0, None
+    if resume_meta is not None:
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.copy_(resume_tensors[f"param.{i}"].to(p.device, p.dtype))
+        load_optimizer_state_tensors(opt, resume_tensors)
+        checkpoint.set_rng_state(resume_meta["rng"])
+        start = int(resume_meta["step"])
+        log = [ln for ln in resume_meta.get("log", []) if ln["step"] <= start]
+        prior_seconds = float(resume_meta.get("train_seconds", 0.0))
+        last_saved = start
+        _say(f"resuming from step {start} ({js})", dist.main)
+
+    run_info = {
+        "objective": obj.describe(),
+        "m_star": [s.m_star for s in slots],
+        "token_ids": [s.token_ids for s in slots],
+        "tokens": data.token_strings(cfg.placeholder, cfg.num_vectors),
+        "device": str(dist.device),
+        "num_processes": dist.world,
+    }
+    if dist.main:
+        write_json(out / "config.json", dict(cfg.to_dict(), **run_info))
+
+    def save(step: int) -> Path:
+        nonlocal last_saved
+        tensors = {f"param.{i}": p.detach().cpu() for i, p in enumerate(params)}
+        tensors.update(optimizer_state_tensors(opt))
+        meta = {"config": cfg.to_dict(), "log": log, "train_seconds": prior_seconds + (time.perf_counter() - t_start),
+                "format": 1}
+        path = checkpoint.save(ckpt_dir, step, tensors, meta) if dist.main else None
+        dist.barrier()
+        last_saved = step
+        return path
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=min(start, cfg.steps), desc=f"train {cfg.method}", unit="step",
+               disable=not (cfg.progress and dist.main), dynamic_ncols=True)
+    t_start = time.perf_counter()
+    last_flush = time.perf_counter()
+    step_times = []
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            t0 = time.perf_counter()
+            try:
+                line = sess.step(step)
+            except NonFinite as bad:
+                _stop(step, bad.value, bad.what, save, last_saved, log, out, dist)
+            log.append(line)
+            bar.update(1)
+            bar.set_postfix(loss=f"{log[-1]['loss']:.4f}", norm=f"{log[-1]['norm']:.4f}", refresh=False)
+            dt = time.perf_counter() - t0  # the whole step: batch, forward, backward, update, metrics
+            step_times.append(dt)
+            log[-1]["step_s"] = round(dt, 6)
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+                save(step)
+                if dist.main:
+                    _write_log(out, log)
+                last_flush = time.perf_counter()
+            elif dist.main and time.perf_counter() - last_flush > LOG_FLUSH_S:
+                _write_log(out, log)
+                last_flush = time.perf_counter()
+            if cfg.validation_steps and cfg.validation_prompts and step % cfg.validation_steps == 0 and dist.main:
+                with autocast():
+                    obj.validate(slots, step, out)
+    finally:
+        bar.close()
+        if dist.main and log:
+            _write_log(out, log)
+    seconds = prior_seconds + (time.perf_counter() - t_start)
+
+    # ---- outputs ----------------------------------------------------------------------------
+    final_step = max(start, cfg.steps)
+    if start >= cfg.steps:
+        _say(f"the checkpoint is already at step {start} (--steps {cfg.steps}); writing the outputs only", dist.main)
+    rows = [s.embedding() for s in slots]
+    unrescaled = None
+    if cfg.method == "ti-rescaled":
+        unrescaled = rows
+        rows = [rescale(r, s.m_star) for r, s in zip(rows, slots)]
+    files = []
+    if dist.main:
+        files = export(out, cfg.placeholder, rows)
+        if unrescaled is not None:
+            files += export(out, cfg.placeholder, unrescaled, stem="learned_embeds_unrescaled")
+        done_in_loop = cfg.validation_steps and final_step % cfg.validation_steps == 0 and start < cfg.steps
+        if cfg.validation_prompts and not done_in_loop:
+            with autocast():
+                files += obj.validate(slots, final_step, out)
+
+    results = _results(cfg, obj, slots, rows, unrescaled, log, seconds, step_times, related, files, start, dist, run_info)
+    if dist.main:
+        write_json(out / "results.json", results)
+    dist.barrier()
+    return results
+
+
+def _stop(step, value, what, save, last_saved, log, out, dist):
+    good = step - 1
+    where = "no checkpoint was written (it failed on the first step)"
+    if good >= 1:
+        if last_saved != good:
+            save(good)  # the parameters are still those after step `good`: a good state
+        where = f"the last good checkpoint is {out / 'checkpoints' / f'step-{good:06d}.json'} (step {good})"
+    if dist.main:
+        _write_log(out, log)
+    raise GeomkitError(
+        f"the {what} became {value if what == 'loss' else 'non-finite'} at step {step}: training stopped; {where}. "
+        "Lower --lr (or use --mixed-precision no), then continue with --resume"
+    )
+
+
+def _results(cfg, obj, slots, rows, unrescaled, log, seconds, step_times, related, files, start, dist, run_info) -> dict:
+    import torch
+
+    from geomkit.geometry import angle_deg, cosine, drift
+
+    per = []
+    for k, (slot, e) in enumerate(zip(slots, rows)):
+        e64 = e.double()
+        per.append({
+            "encoder": k + 1,
+            "m_star": slot.m_star,
+            "final_norm": float(e64.norm(dim=-1).mean()),
+            "row_norms": e64.norm(dim=-1).tolist(),
+            "angle_from_init_deg": float(angle_deg(e64, slot.init.double()).mean()),
+            "cos_to_prior": float(cosine(e64, slot.mu.detach().cpu().double()[None].expand_as(e64)).mean()),
+        })
+        if unrescaled is not None:
+            per[-1]["norm_before_rescale"] = float(unrescaled[k].double().norm(dim=-1).mean())
+    enc = slots[0].enc
+    mean_vec = rows[0].double().mean(0)
+    words, vecs, skipped = [], [], []
+    for w in [cfg.init_word] + [r for r in related if r != cfg.init_word]:
+        try:
+            tid = enc.token_id(w)
+        except GeomkitError:
+            skipped.append(w)
+            continue
+        words.append(w)
+        vecs.append(enc.embedding_table()[tid].detach().double().cpu())
+    drift_map = {}
+    if vecs:
+        drift_map = dict(zip(words, (float(c) for c in drift(mean_vec, torch.stack(vecs)))))
+    losses = [ln["loss"] for ln in log]
+    timed = step_times[2:] if len(step_times) > 4 else step_times
+    res = {
+        "method": cfg.method,
+        "objective": cfg.objective,
+        "model": cfg.model,
+        "placeholder": cfg.placeholder,
+        "init_word": cfg.init_word,
+        "prior_word": cfg.prior,
+        "m_star": [s.m_star for s in slots],
+        "kappa": cfg.kappa,
+        "lr": cfg.lr,
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "num_vectors": cfg.num_vectors,
+        "seed": cfg.seed,
+        "mixed_precision": cfg.mixed_precision,
+        "final_loss": losses[-1] if losses else None,
+        "first_loss": losses[0] if losses else None,
+        "final_loss_mean10": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+        "first_loss_mean10": sum(losses[:10]) / len(losses[:10]) if losses else None,
+        "final_norm": [p["final_norm"] for p in per],
+        "angle_from_init_deg": per[0]["angle_from_init_deg"],
+        "cos_to_prior": per[0]["cos_to_prior"],
+        "seconds": seconds,
+        "step_seconds_median": statistics.median(timed) if timed else None,
+        "peak_memory_mb": _peak_memory_mb(dist.device),
+        "drift": drift_map,
+        "drift_skipped": skipped,
+        "per_encoder": per,
+        "resumed_from": start or None,
+        "files": [str(Path(f).name) for f in files],
+        "device": run_info["device"],
+        "num_processes": run_info["num_processes"],
+    }
+    if cfg.model == "gemma3-270m":
+        res["note"] = "Gemma 3 270M weights are Q4_K_M-quantised (de-quantised to float32); Gemma terms of use apply"
+    return res
