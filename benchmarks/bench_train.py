@@ -199,7 +199,7 @@ def optimizer_overhead(dims=(32, 640, 768, 1280), n_vectors: int = 1, repeats: i
         times = {"dti": [], "ti": []}
         for _ in range(repeats):
             t = time.perf_counter()
-            rows = 1.0313 * v  # e = m* v, formed every step
+            rows = 1.0313 * v  # noqa: F841  (e = m* v, formed every step)
             v.grad = grad
             rsgd.step()
             times["dti"].append(time.perf_counter() - t)

@@ -114,7 +114,6 @@ def angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     b = b.double()
     dot = (a * b).sum(-1)
     an = a.norm(dim=-1)
-    bn = b.norm(dim=-1)
     # |a x b| generalised: |b_perp| * |a| where b_perp is b minus its projection on a
     b_perp = b - (dot / an.clamp_min(1e-300) ** 2)[..., None] * a
     return torch.rad2deg(torch.atan2(b_perp.norm(dim=-1) * an, dot))

@@ -136,8 +136,6 @@ class Encoder:
         )
 
     def encode(self, texts, max_length: Optional[int] = None, padding: Any = True):
-        import torch  # noqa: F401  (return_tensors needs it)
-
         return self.tokenizer(
             list(texts),
             padding=padding,

@@ -50,7 +50,6 @@ def plan(root: Path, quick: bool) -> list[Step]:
             "--placeholder", PLACEHOLDER, "--init-word", "fox", "--related", CONCEPT, "--steps", s["steps"],
             "--batch-size", s["batch"], "--seed", "42", "--quiet"]))
     learned = ["--embedding", ti_file, dti_file]
-    trained = ["train-ti", "train-dti"]
     for model in MODELS:
         gemma = model == "gemma3-270m"
         emb = learned if gemma else []
@@ -220,9 +219,11 @@ def claims(root: Path) -> list[dict]:
         if vocab:
             first, last = vocab[0], vocab[-1]
             shrinks = last["mean_angle_deg"] < first["mean_angle_deg"]
+            verdict = "yes" if shrinks else "no"
+            if not ra.get("prenorm", True):
+                verdict += " (post-norm: the embedding LayerNorm caps the norm entering block 0, so scaling cannot inflate it)"
             row("Effect II: per-block angle shrinks as the norm grows", "angle ~ 1/||x||", model,
-                ", ".join(f"m={g['scale']:g}: {g['mean_angle_deg']:.2f} deg" for g in vocab), "yes" if shrinks else "no",
-                "residual-angles")
+                ", ".join(f"m={g['scale']:g}: {g['mean_angle_deg']:.2f} deg" for g in vocab), verdict, "residual-angles")
             viol = sum(g["violations_vocab"] for g in vocab)
             n = sum(g["n_measurements"] for g in vocab)
             vac = sum(g["nonvacuous_fraction"] for g in vocab) / len(vocab)

@@ -6,20 +6,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from geomkit.cli import main
+from helpers import assert_one_line_error as _assert_one_line_error, run_cli as _run
 
 
-def _run(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def _assert_one_line_error(code, err, text):
-    assert code == 2
-    lines = [l for l in err.strip().splitlines() if l]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and text in lines[0], err
 
 
 def test_neighbors_results_json_matches_brute_force(tiny_dir, tmp_path, capsys):

@@ -8,19 +8,11 @@ import pytest
 import torch
 
 from geomkit.cli import main
+from helpers import assert_one_line_error as _assert_one_line_error, run_cli as _run
 
 
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def _assert_one_line_error(code, err, text):
-    assert code == 2
-    lines = [ln for ln in err.strip().splitlines() if ln]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and text in lines[0], err
 
 
 @pytest.fixture(scope="module")

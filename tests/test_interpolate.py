@@ -9,24 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from geomkit.cli import main
+from helpers import assert_one_line_error as _assert_one_line_error, run_cli as _run
 from geomkit.embeddings_io import read_tensors, save_learned, save_sdxl_pair
 from geomkit.interpolation import FIG4_RATIOS, describe, interpolate
 
 FIG4 = list(FIG4_RATIOS)
 
 
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def _assert_one_line_error(code, err, text):
-    assert code == 2
-    lines = [ln for ln in err.strip().splitlines() if ln]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and text in lines[0], err
 
 
 def _on_sphere(d, m, seed):

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 pytestmark = pytest.mark.real
 RESULTS = Path(__file__).resolve().parents[1] / "probes"

@@ -21,8 +21,8 @@ def test_reproduce_quick_writes_report_and_resumes(tmp_path, capsys):
     assert {"Table 1/5", "Fig. 1a", "Fig. 1b", "Fig. 2", "Effect II", "Lemma 2", "Lemma 1", "Sec. 4.5"} <= covered
     assert {r["model"] for r in rows} == {"gemma3-270m", "minilm-l6", "whisper-tiny-en"}
     for r in rows:  # every row states agreement (or why it cannot) and the command that made it
-        assert r["agrees"].split(":")[0] in {"yes", "no", "partly", "n/a", "n/a (post-norm)"}
-        assert r["claim"] in report
+        assert r["agrees"].startswith(("yes", "no", "partly", "n/a"))
+        assert r["claim"].replace("|", "\\|") in report  # markdown escapes pipes
     # the numbers in the report are the numbers in the step outputs
     ti = json.loads((results / "gemma3-270m" / "train-ti" / "results.json").read_text())
     dti = json.loads((results / "gemma3-270m" / "train-dti" / "results.json").read_text())
