@@ -26,25 +26,20 @@ def run(args) -> int:
 
     from geomkit import report
     from geomkit.errors import GeomkitError
-    from geomkit.reproduce import plan, run_steps, write_report
+    from geomkit.reproduce import MODELS, plan, run_steps, write_report
 
+    known = {s.name for s in plan(Path("."), args.quick)}
+    unknown = [s for s in args.only or [] if s not in known]
+    if unknown:
+        raise GeomkitError(f"--only: unknown step(s) {', '.join(unknown)}; steps are {', '.join(sorted(known))}")
+    unknown = [m for m in args.models or [] if m not in MODELS]
+    if unknown:
+        raise GeomkitError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     base = Path("runs/reproduce-quick") if args.quick else Path(".")
     results = report.prepare_out(args.results or base / "probes")
     figures = report.prepare_out(args.figures or base / "figures")
-    steps = plan(results, args.quick)
-    if args.only:
-        known = {s.name for s in steps}
-        unknown = [s for s in args.only if s not in known]
-        if unknown:
-            raise GeomkitError(f"--only: unknown step(s) {', '.join(unknown)}; steps are {', '.join(sorted(known))}")
-        steps = [s for s in steps if s.name in args.only]
-    if args.models:
-        from geomkit.reproduce import MODELS
-
-        unknown = [m for m in args.models if m not in MODELS]
-        if unknown:
-            raise GeomkitError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
-        steps = [s for s in steps if s.model in args.models]
+    steps = [s for s in plan(results, args.quick)
+             if (not args.only or s.name in args.only) and (not args.models or s.model in args.models)]
     status = run_steps(steps, results, figures, force=args.force)
     path = write_report(results, figures, plan(results, args.quick), status, args.quick)
     print(f"\nwrote {path}")
