@@ -49,6 +49,20 @@ def build(cfg, inputs: dict, device):
     return DiffusionObjective(cfg, inputs, device)
 
 
+
+@torch.no_grad()
+def _encode_images(obj) -> list:
+    """VAE outputs for every training image (and its mirror when flips are on), encoded once in
+    batches; counts the encodes in `obj.vae_encodes` (tests check it stays at one pass)."""
+    pix = torch.stack([load_image(f, obj.resolution) for f in obj.files])
+    if obj.cfg.flip_p > 0:
+        pix = torch.cat([pix, torch.flip(pix, dims=[-1])])
+    outs = []
+    for s in range(0, pix.shape[0], VAE_BATCH):
+        outs.append(obj.vae.encode(pix[s : s + VAE_BATCH].to(obj.device, obj.vae.dtype)))
+        obj.vae_encodes += 1
+    return outs
+
 class DiffusionObjective:
     kind = "diffusion"
 
@@ -105,17 +119,9 @@ class DiffusionObjective:
     # ---- latents, once ------------------------------------------------------------------------
     @torch.no_grad()
     def _cache_latents(self) -> None:
-        pix = torch.stack([load_image(f, self.resolution) for f in self.files])
-        if self.cfg.flip_p > 0:
-            pix = torch.cat([pix, torch.flip(pix, dims=[-1])])
-        means, stds = [], []
-        for s in range(0, pix.shape[0], VAE_BATCH):
-            dist = self.vae.encode(pix[s : s + VAE_BATCH].to(self.device, self.vae.dtype)).latent_dist
-            self.vae_encodes += 1
-            means.append(dist.mean.float())
-            stds.append(dist.std.float())
-        self.lat_mean = torch.cat(means)
-        self.lat_std = torch.cat(stds)
+        dists = [out.latent_dist for out in _encode_images(self)]
+        self.lat_mean = torch.cat([d.mean.float() for d in dists])
+        self.lat_std = torch.cat([d.std.float() for d in dists])
 
     # ---- prompts --------------------------------------------------------------------------------
     def setup(self, slots) -> None:
@@ -283,14 +289,8 @@ class SanaObjective:
 
     @torch.no_grad()
     def _cache_latents(self) -> None:
-        pix = torch.stack([load_image(f, self.resolution) for f in self.files])
-        if self.cfg.flip_p > 0:
-            pix = torch.cat([pix, torch.flip(pix, dims=[-1])])
-        lat = []
-        for s in range(0, pix.shape[0], VAE_BATCH):
-            lat.append(self.vae.encode(pix[s : s + VAE_BATCH].to(self.device, self.vae.dtype)).latent.float())
-            self.vae_encodes += 1
-        self.latents = torch.cat(lat) * float(self.vae.config.scaling_factor)
+        lat = torch.cat([out.latent.float() for out in _encode_images(self)])
+        self.latents = lat * float(self.vae.config.scaling_factor)
 
     def pipeline(self):
         if self._pipe is None:
