@@ -17,13 +17,7 @@ from geomkit.train import TrainConfig, train
 TOKEN = "<glimmerfox>"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models have nothing to parallelise; one thread avoids OpenMP stalls on a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
