@@ -84,6 +84,7 @@ def run_steps(steps: list[Step], root: Path, figures: Path, force: bool = False,
     """Run (or reuse) each step; returns one status row per step."""
     from geomkit.cli import main as cli_main
     from geomkit.errors import GeomkitError
+    from geomkit.report import write_json
 
     runner = runner or cli_main
     status = []
@@ -94,7 +95,9 @@ def run_steps(steps: list[Step], root: Path, figures: Path, force: bool = False,
         label = f"[{i}/{len(steps)}] {step.name} on {step.model}"
         if done and not force:
             log(f"{label}: reused {out}")
-            status.append({"step": step.name, "model": step.model, "status": "reused", "seconds": 0.0})
+            record = out / "step.json"
+            secs = json.loads(record.read_text()).get("seconds") if record.exists() else None
+            status.append({"step": step.name, "model": step.model, "status": "reused", "seconds": secs})
         else:
             if force and out.exists():
                 shutil.rmtree(out)
@@ -105,6 +108,7 @@ def run_steps(steps: list[Step], root: Path, figures: Path, force: bool = False,
             if code != 0:
                 raise GeomkitError(f"step {step.name} on {step.model} failed (exit {code}); rerun reproduce to resume from it")
             log(f"{label}: done in {secs:.0f} s")
+            write_json(out / "step.json", {"command": command_line(step), "seconds": round(secs, 1)})
             status.append({"step": step.name, "model": step.model, "status": "ran", "seconds": round(secs, 1)})
         if step.figure and (out / step.figure).exists():
             shutil.copyfile(out / step.figure, figures / f"{step.name}-{step.model}.png")
@@ -301,7 +305,8 @@ def write_report(root: Path, figures: Path, steps: list[Step], status: list[dict
         "",
         "## Steps",
         "",
-        markdown_table([{"step": s["step"], "model": s["model"], "status": s["status"], "seconds": s["seconds"]} for s in status]),
+        markdown_table([{"step": s["step"], "model": s["model"], "status": s["status"],
+                        "seconds (when it ran)": "" if s["seconds"] is None else s["seconds"]} for s in status]),
         "",
     ]
     write_json(figures / "claims.json", {"quick": quick, "claims": rows, "steps": status})
