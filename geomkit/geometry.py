@@ -48,13 +48,13 @@ def nearest(
     nq = q.shape[0]
     qn = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
     cos_s = q.new_full((nq, 0), -math.inf)
-    cos_i = torch.zeros((nq, 0), dtype=torch.long)
+    cos_i = torch.zeros((nq, 0), dtype=torch.long, device=q.device)
     euc_s = q.new_full((nq, 0), math.inf)
-    euc_i = torch.zeros((nq, 0), dtype=torch.long)
+    euc_i = torch.zeros((nq, 0), dtype=torch.long, device=q.device)
     exclude = exclude or [[] for _ in range(nq)]
     for start in range(0, table.shape[0], chunk_rows):
-        rows = table[start : start + chunk_rows].detach().to(torch.float32)
-        ids = torch.arange(start, start + rows.shape[0])
+        rows = table[start : start + chunk_rows].detach().to(device=q.device, dtype=torch.float32)
+        ids = torch.arange(start, start + rows.shape[0], device=q.device)
         norms = rows.norm(dim=1)
         cos = (qn @ rows.T) / norms.clamp_min(1e-12)
         cos[:, norms == 0] = -math.inf
@@ -142,6 +142,9 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     ua, ub = a64 / na, b64 / nb
     omega = torch.deg2rad(angle_deg(ua, ub))[..., None]
     so = torch.sin(omega)
+    # nearly parallel: fall back to lerp; exactly opposite directions have no unique great circle
+    if bool(((so.abs() < 1e-9) & (omega > 1.0)).any()):
+        raise ValueError("slerp: the two directions are opposite; the interpolating great circle is not unique")
     small = so.abs() < 1e-9
     wa = torch.where(small, 1 - t, torch.sin((1 - t) * omega) / torch.where(small, 1.0, so))
     wb = torch.where(small, t, torch.sin(t * omega) / torch.where(small, 1.0, so))

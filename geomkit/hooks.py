@@ -136,10 +136,11 @@ def inject(enc, vectors, *, token_ids: Optional[Sequence[int]] = None, mask=None
 
     def root_pre(mod, args, kwargs):
         input_ids = args[0] if args else kwargs.get("input_ids")
-        if input_ids is None:
+        if input_ids is None:  # an inputs_embeds forward: nothing to substitute, forget the last mask
+            state["mask"] = state["index"] = None
             return None
-        hit = (input_ids[..., None] == ids_t.to(input_ids.device)).any(-1)
-        which = (input_ids[..., None] == ids_t.to(input_ids.device)).long().argmax(-1)
+        match = input_ids[..., None] == ids_t.to(input_ids.device)
+        hit, which = match.any(-1), match.long().argmax(-1)
         state["mask"], state["index"] = hit, which
         clean = torch.where(hit, torch.full_like(input_ids, enc.stand_in_id), input_ids)
         if args:
@@ -152,7 +153,11 @@ def inject(enc, vectors, *, token_ids: Optional[Sequence[int]] = None, mask=None
         hit = state["mask"]
         if hit is None or not bool(hit.any()):
             return out
-        vec = vectors.to(dtype=out.dtype, device=out.device) * enc.embed_scale
+        if tuple(hit.shape) != tuple(out.shape[:-1]):
+            raise ValueError(f"inject: mask of shape {tuple(hit.shape)} does not match this forward's {tuple(out.shape[:-1])}")
+        # the scale in the model's own dtype, as the model applies it (bf16 rounds sqrt(d))
+        scale = torch.as_tensor(enc.embed_scale, dtype=out.dtype, device=out.device)
+        vec = vectors.to(dtype=out.dtype, device=out.device) * scale
         if state["index"] is not None:
             rows = vec[state["index"]]  # (batch, seq, d)
         elif vec.ndim == 1:

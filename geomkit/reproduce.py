@@ -159,8 +159,11 @@ def claims(root: Path) -> list[dict]:
                 c = {x["token"] for x in e["cosine"]}
                 shared.append(len(c & {x["token"] for x in e["euclidean"]}) / len(c))
         cv = nm["std"] / nm["mean"] if nm else None
+        if not shared:
+            continue
         frac = sum(shared) / len(shared)
-        apple = ", ".join(x["token"] for x in nb["queries"]["apple"]["cosine"][:4])
+        first = nb["queries"].get(WORDS[0], {}).get("cosine", [])
+        apple = ", ".join(x["token"] for x in first[:4])
         if frac < 0.5:
             verdict = "yes"
         elif frac < 1:

@@ -144,3 +144,17 @@ def test_unknown_site_is_one_line_error(tiny_encoder):
     with pytest.raises(GeomkitError, match="final_norm"):
         with capture(enc, ["final_norm"]):
             pass
+
+
+def test_inject_own_row_is_exact_in_bf16_gemma(tiny_dir):
+    """Gemma multiplies by sqrt(d) in the model's dtype; an injected copy of a row must match it exactly."""
+    from geomkit.models import load_encoder
+
+    enc = load_encoder(str(tiny_dir("gemma3")), dtype=torch.bfloat16)
+    ids = enc.encode(["a photo of a dog"])["input_ids"]
+    tid = int(ids[0, 3])
+    with capture(enc, ["embed"]) as plain:
+        enc.forward(ids)
+    with inject(enc, enc.embedding_table()[tid][None], token_ids=[tid]), capture(enc, ["embed"]) as injected:
+        enc.forward(ids)
+    assert torch.equal(plain["embed"], injected["embed"])
