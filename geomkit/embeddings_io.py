@@ -38,6 +38,18 @@ def read_tensors(path) -> dict:
         raise GeomkitError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
 
 
+def single_token(tensors: dict, path) -> tuple:
+    """(token name, tensor) of a one-token file: diffusers `{token: t}` or A1111 `{"emb_params": t}`."""
+    if "emb_params" in tensors:
+        return Path(path).stem, tensors["emb_params"]
+    if len(tensors) == 1:
+        return next(iter(tensors.items()))
+    raise GeomkitError(
+        f"{path}: holds {len(tensors)} tensors ({', '.join(list(tensors)[:5])}); expected one token "
+        "(diffusers format) or an SDXL clip_l/clip_g pair"
+    )
+
+
 def load_learned(path, d_model: Optional[int] = None, encoder: Optional[int] = None) -> Learned:
     """One learned token from a file, checked against the target encoder's dimension.
 
@@ -58,15 +70,8 @@ def load_learned(path, d_model: Optional[int] = None, encoder: Optional[int] = N
             dims = ", ".join(f"{k}: {tensors[k].shape[-1]}" for k in SDXL_KEYS)
             raise GeomkitError(f"{path}: SDXL file ({dims}) has no part of dimension {d_model}; pick --encoder 1 or 2")
         name, vec = p.stem, tensors[key]
-    elif "emb_params" in tensors:
-        name, vec = p.stem, tensors["emb_params"]
-    elif len(tensors) == 1:
-        name, vec = next(iter(tensors.items()))
     else:
-        raise GeomkitError(
-            f"{path}: holds {len(tensors)} tensors ({', '.join(list(tensors)[:5])}); expected one token "
-            "(diffusers format) or an SDXL clip_l/clip_g pair"
-        )
+        name, vec = single_token(tensors, p)
     vec = vec.to(torch.float32)
     if vec.ndim == 1:
         vec = vec[None]

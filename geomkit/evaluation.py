@@ -42,13 +42,9 @@ def packaged_prompts() -> Path:
 def read_prompt_sections(path=None) -> list[tuple[Optional[str], str]]:
     """(section, prompt) for every prompt line; `#@ NAME` lines open a section, other `#` lines
     and blank lines are skipped. Every prompt must hold a `{}` placeholder for the subject."""
-    p = Path(path).expanduser() if path else packaged_prompts()
-    if not p.is_file():
-        raise GeomkitError(f"prompt file {path} not found")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GeomkitError(f"prompt file {path}: cannot be read as UTF-8 text ({exc})") from None
+    from geomkit.probes.prompts import read_prompt_lines
+
+    p, lines = read_prompt_lines(path, EVAL_PROMPTS)
     out, section = [], None
     for n, raw in enumerate(lines, start=1):
         line = raw.strip()

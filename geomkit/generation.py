@@ -63,7 +63,7 @@ def _as_matrix(vec, path):
 def read_token_file(path, name: Optional[str] = None) -> Token:
     """A learned-embedding file as a `Token` (diffusers `{token: (n, d)}`, A1111 `emb_params`, or
     the SDXL `{clip_l, clip_g}` pair). The token string is `name`, else the file's key, else its stem."""
-    from geomkit.embeddings_io import SDXL_KEYS, read_tensors
+    from geomkit.embeddings_io import SDXL_KEYS, read_tensors, single_token
 
     p = Path(path)
     tensors = read_tensors(p)
@@ -74,15 +74,7 @@ def read_token_file(path, name: Optional[str] = None) -> Token:
             hints={"clip_l": 1, "clip_g": 2},
             paths=[str(p)],
         )
-    if "emb_params" in tensors:
-        key, vec = p.stem, tensors["emb_params"]
-    elif len(tensors) == 1:
-        key, vec = next(iter(tensors.items()))
-    else:
-        raise GeomkitError(
-            f"{p}: holds {len(tensors)} tensors ({', '.join(list(tensors)[:5])}); expected one token "
-            "(diffusers format) or an SDXL clip_l/clip_g pair"
-        )
+    key, vec = single_token(tensors, p)
     hint = {p.name: 2} if p.stem.endswith("_2") or "_2-" in p.stem else {}
     return Token(name=name or key, parts={p.name: _as_matrix(vec, p)}, hints=hint, paths=[str(p)])
 

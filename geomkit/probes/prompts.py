@@ -23,16 +23,21 @@ def packaged(name: str) -> Path:
     return Path(str(resources.files("geomkit") / "data" / name))
 
 
-def read_prompts(path=None, *, default: str = POSITION_PROMPTS, placeholder: bool = False) -> list[str]:
-    """Non-blank, non-`#` lines of a prompt file (the packaged set when `path` is None).
-    With `placeholder=True` only lines holding exactly one `{}` are kept (templates)."""
+def read_prompt_lines(path=None, default: str = POSITION_PROMPTS) -> tuple[Path, list[str]]:
+    """(file, its lines) for a user's prompt file, or the packaged `default` when `path` is None."""
     p = Path(path).expanduser() if path else packaged(default)
     if not p.is_file():
         raise GeomkitError(f"prompt file {path} not found")
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        return p, p.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise GeomkitError(f"prompt file {path}: cannot be read as UTF-8 text ({exc})") from None
+
+
+def read_prompts(path=None, *, default: str = POSITION_PROMPTS, placeholder: bool = False) -> list[str]:
+    """Non-blank, non-`#` lines of a prompt file (the packaged set when `path` is None).
+    With `placeholder=True` only lines holding exactly one `{}` are kept (templates)."""
+    p, lines = read_prompt_lines(path, default)
     prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if placeholder:
         prompts = [t for t in prompts if t.count("{}") == 1]

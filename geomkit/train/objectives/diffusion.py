@@ -50,6 +50,12 @@ def build(cfg, inputs: dict, device):
 
 
 
+
+def _validation_folder(out_dir) -> Path:
+    folder = Path(out_dir) / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
 @torch.no_grad()
 def _encode_images(obj) -> list:
     """VAE outputs for every training image (and its mirror when flips are on), encoded once in
@@ -217,10 +223,7 @@ class DiffusionObjective:
 
         if not self.cfg.validation_prompts:
             return []
-        pipe = self.pipeline()
-        folder = Path(out_dir) / "validation"
-        folder.mkdir(parents=True, exist_ok=True)
-        written = []
+        pipe, folder, written = self.pipeline(), _validation_folder(out_dir), []
         vectors = [s.vectors().detach() for s in slots]
         with ExitStack() as stack:
             for slot, vec in zip(slots, vectors):
@@ -348,10 +351,7 @@ class SanaObjective:
 
         if not self.cfg.validation_prompts:
             return []
-        pipe = self.pipeline()
-        folder = Path(out_dir) / "validation"
-        folder.mkdir(parents=True, exist_ok=True)
-        written = []
+        pipe, folder, written = self.pipeline(), _validation_folder(out_dir), []
         slot = slots[0]
         with inject(slot.enc, slot.vectors().detach(), token_ids=slot.token_ids):
             for k, prompt in enumerate(self.cfg.validation_prompts):
