@@ -51,6 +51,12 @@ def build(cfg, inputs: dict, device):
 
 
 
+def _frozen(model, device, dtype=None):
+    """A frozen, eval-mode copy on `device` (and in `dtype` when given)."""
+    model = model.to(device) if dtype in (None, torch.float32) else model.to(device, dtype=dtype)
+    return model.eval().requires_grad_(False)
+
+
 def _validation_folder(out_dir) -> Path:
     folder = Path(out_dir) / "validation"
     folder.mkdir(parents=True, exist_ok=True)
@@ -105,12 +111,9 @@ class DiffusionObjective:
         self.encoders = [private_encoder(e) for e in encs]
 
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
-        self.unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").to(device)
-        if self.weight_dtype != torch.float32:  # frozen UNet in half precision, as the public scripts
-            self.unet.to(dtype=self.weight_dtype)
-        self.unet.eval().requires_grad_(False)
-        self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae").to(device)
-        self.vae.eval().requires_grad_(False)
+        # frozen UNet in half precision under mixed precision, as the public scripts; the VAE in float32
+        self.unet = _frozen(UNet2DConditionModel.from_pretrained(folder, subfolder="unet"), device, self.weight_dtype)
+        self.vae = _frozen(AutoencoderKL.from_pretrained(folder, subfolder="vae"), device)
         self.noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.resolution = cfg.resolution or int(self.unet.config.sample_size) * self.vae_scale
@@ -274,12 +277,8 @@ class SanaObjective:
         enc.model.to(device)
         self.encoders = [private_encoder(enc)]
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
-        self.transformer = SanaTransformer2DModel.from_pretrained(folder, subfolder="transformer").to(device)
-        if self.weight_dtype != torch.float32:
-            self.transformer.to(dtype=self.weight_dtype)
-        self.transformer.eval().requires_grad_(False)
-        self.vae = AutoencoderDC.from_pretrained(folder, subfolder="vae").to(device)
-        self.vae.eval().requires_grad_(False)
+        self.transformer = _frozen(SanaTransformer2DModel.from_pretrained(folder, subfolder="transformer"), device, self.weight_dtype)
+        self.vae = _frozen(AutoencoderDC.from_pretrained(folder, subfolder="vae"), device)
         self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
         self.vae_scale = 2 ** (len(self.vae.config.encoder_block_out_channels) - 1)
         self.resolution = cfg.resolution or int(self.transformer.config.sample_size) * self.vae_scale
