@@ -1,0 +1,196 @@
+"""README promises a newcomer relies on: every file a command writes lies inside its --out, a
+repo id from the Hugging Face cache is labelled org/name (not its snapshot hash), `compare` names
+its text metric and refuses mixed ones, one flag name for the image size (with the old alias),
+tables aligned by display width. Tiny random models only: no number here is a finding."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from geomkit.cli import build_parser
+from helpers import assert_one_line_error, run_cli
+
+
+def _files(root: Path) -> set:
+    return {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
+
+
+# ---- --out holds everything a command writes ---------------------------------------------------
+def test_commands_write_nothing_outside_out(tiny_dir, tmp_path, capsys, monkeypatch, one_thread):
+    """Each command runs in an empty working folder with its inputs elsewhere: afterwards every new
+    file is under its --out and the input folder is unchanged."""
+    from geomkit.embeddings_io import save_learned
+    from geomkit.models import load_encoder
+
+    inputs, cwd = tmp_path / "inputs", tmp_path / "cwd"
+    inputs.mkdir()
+    cwd.mkdir()
+    clip = str(tiny_dir("clip"))
+    enc = load_encoder(clip)
+    for name, word in (("a", "cat"), ("b", "dog")):
+        save_learned(inputs / f"{name}.safetensors", f"<{name}>", enc.embedding_table()[enc.token_id(word)][None] * 3)
+    a, b = inputs / "a.safetensors", inputs / "b.safetensors"
+    before_inputs = _files(inputs)
+    monkeypatch.chdir(cwd)
+    commands = {
+        "neighbors": ["neighbors", "cat", "--model", clip, "-k", "3", "--embedding", a],
+        "norms": ["norms", "--model", clip, "--embedding", a],
+        "probe-position": ["probe-position", "--model", clip, "--max-prompts", "30", "--epochs", "3", "--hidden", "16",
+                           "--scales", "1,4", "--embedding", a],
+        "probe-position-rope": ["probe-position", "--model", str(tiny_dir("gemma3")), "--max-prompts", "30", "--epochs", "3",
+                                "--hidden", "16", "--scales", "1,4"],
+        "residual-angles": ["residual-angles", "--model", clip, "--words", "dog", "--scales", "1,4", "--max-prompts", "2"],
+        "attenuation": ["attenuation", "--model", clip, "--tokens", "8"],
+        "interpolate": ["interpolate", a, b, "--ratios", "0,0.5,1"],
+    }
+    for i, (name, argv) in enumerate(commands.items()):
+        out = Path(f"out-{i}") / "nested"
+        code, _, err = run_cli(capsys, *argv, "--out", out)
+        assert code == 0, f"{name}: {err}"
+        assert (cwd / out / "results.json").is_file()
+        stray = [p for p in _files(cwd) if not str(p).startswith("out-")]
+        assert not stray, f"{name} wrote outside --out: {stray}"
+        assert {p.parts[0] for p in _files(cwd)} == {f"out-{j}" for j in range(i + 1)}
+    assert _files(inputs) == before_inputs
+    # probe-position keeps its probe inside --out (README: "Every command takes --out DIR")
+    r = json.loads((cwd / "out-2" / "nested" / "results.json").read_text())
+    assert Path(r["probe_dir"]) == Path("out-2/nested/probe") and (cwd / r["probe_dir"] / "probe.safetensors").is_file()
+
+
+def test_probe_dir_still_goes_where_told(tiny_dir, tmp_path, capsys, monkeypatch, one_thread):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "probe-position", "--model", tiny_dir("clip"), "--max-prompts", "30", "--epochs", "2",
+                           "--hidden", "8", "--scales", "1", "--out", "o", "--probe-dir", "elsewhere/p")
+    assert code == 0, err
+    assert (tmp_path / "elsewhere" / "p" / "probe.safetensors").is_file() and not (tmp_path / "o" / "probe").exists()
+
+
+def test_reproduce_out_names_both_folders():
+    """`reproduce --out DIR` puts raw outputs in DIR/probes and figures in DIR/figures; explicit
+    --results/--figures still win, and without any the committed layout (probes/, figures/) stays."""
+    p = build_parser()
+    args = p.parse_args(["reproduce", "--out", "somewhere"])
+    assert args.out == "somewhere" and args.results is None and args.figures is None
+    args = p.parse_args(["reproduce"])
+    assert args.out is None
+
+
+@pytest.mark.real
+def test_reproduce_out_contains_everything(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "reproduce", "--quick", "--models", "minilm-l6", "--only", "neighbors", "--out", "r")
+    assert code == 0, err
+    assert (tmp_path / "r" / "probes" / "minilm-l6" / "neighbors" / "results.json").is_file()
+    assert (tmp_path / "r" / "figures" / "REPORT.md").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+# ---- repo ids found in the Hugging Face cache keep their name ----------------------------------
+def _fake_hub(cache: Path, repo: str, src: Path) -> Path:
+    """The layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<hash>/...}."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = cache / ("models--" + repo.replace("/", "--"))
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    shutil.copytree(src, root / "snapshots" / commit)
+    return root / "snapshots" / commit
+
+
+def test_cached_repo_id_is_labelled_org_name(tiny_dir, tmp_path, capsys, monkeypatch, one_thread):
+    import huggingface_hub.constants as hub_constants
+
+    from geomkit.models import hf_cache_repo_id, load_encoder
+
+    cache = tmp_path / "hub"
+    snap = _fake_hub(cache, "someorg/tiny-sd", tiny_dir("sd"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    assert hf_cache_repo_id(snap) == "someorg/tiny-sd" and hf_cache_repo_id(tiny_dir("sd")) is None
+    enc = load_encoder("someorg/tiny-sd")
+    assert enc.name == "someorg/tiny-sd/text_encoder" and Path(enc.pipeline_dir) == snap
+    assert load_encoder(str(snap)).name == "someorg/tiny-sd/text_encoder"  # the snapshot path itself, too
+    code, out, err = run_cli(capsys, "norms", "--model", "someorg/tiny-sd", "--out", tmp_path / "n")
+    assert code == 0, err
+    assert json.loads((tmp_path / "n" / "results.json").read_text())["model"] == "someorg/tiny-sd/text_encoder"
+    assert "model: someorg/tiny-sd/text_encoder" in out and snap.name not in out
+
+
+# ---- compare: the text metric comes from the data ----------------------------------------------
+def _run_dir(root: Path, name: str, metric) -> Path:
+    run = root / name
+    (run / "eval").mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"method": "dti", "model": "sd", "placeholder": "<x>", "m_star": [0.4], "kappa": 1e-4,
+                                                  "final_norm": [0.4], "steps": 10, "seconds": 1.0}))
+    ev = {"image_similarity": 0.5, "text_alignment": 0.3, "n_images": 4, "per_prompt": []}
+    if metric:
+        ev["text_metric"] = metric
+    (run / "eval" / "results.json").write_text(json.dumps(ev))
+    return run
+
+
+def test_compare_labels_text_metric_and_refuses_mixed(tmp_path, capsys):
+    from geomkit.commands.compare import plot_scatter, text_axis_label
+
+    a = _run_dir(tmp_path, "a", "clip-cosine")
+    b = _run_dir(tmp_path, "b", "clip-cosine")
+    c = _run_dir(tmp_path, "c", "siglip-sigmoid")
+    code, out, err = run_cli(capsys, "compare", a, b, "--out", tmp_path / "ab")
+    assert code == 0, err
+    res = json.loads((tmp_path / "ab" / "results.json").read_text())
+    assert res["text_metric"] == "clip-cosine" and "CLIP image-text cosine" in out
+    assert "CLIP" in (tmp_path / "ab" / "compare.md").read_text()
+    fig = plot_scatter(res["rows"], res["text_metric"])
+    assert fig.axes[0].get_xlabel() == "text alignment (CLIP image-text cosine)" and "SigLIP" not in fig.axes[0].get_xlabel()
+    assert text_axis_label("siglip-sigmoid") == "text alignment (SigLIP match probability)"
+    assert text_axis_label(None) == "text alignment"
+
+    code, _, err = run_cli(capsys, "compare", a, c, "--out", tmp_path / "ac")
+    assert_one_line_error(code, err, "different text metrics")
+    assert "clip-cosine: a" in err and "siglip-sigmoid: c" in err
+    assert not (tmp_path / "ac").exists()  # refused before writing anything
+    # an evaluation from before text_metric was recorded says nothing: no claim either way
+    d = _run_dir(tmp_path, "d", None)
+    code, _, err = run_cli(capsys, "compare", a, d, "--out", tmp_path / "ad")
+    assert code == 0, err
+
+
+# ---- one name for the image size ---------------------------------------------------------------
+@pytest.mark.parametrize("flag", ["--resolution", "--size"])
+def test_image_size_flag_and_alias(flag):
+    p = build_parser()
+    gen = p.parse_args(["generate", "--model", "m", "--prompt", "x", flag, "64"])
+    itp = p.parse_args(["interpolate", "a", "b", flag, "64"])
+    ev = p.parse_args(["evaluate", "--run", "r", "--reference", "ref", "--dino", "d", flag, "64"])
+    assert gen.size == itp.size == ev.size == 64
+    assert "--resolution" in p._subparsers._group_actions[0].choices["generate"].format_help()
+
+
+def test_resolution_renders_that_size(tiny_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from geomkit.embeddings_io import save_learned
+
+    save_learned(tmp_path / "a.safetensors", "<a-tok>", torch.randn(1, 32) * 0.3)
+    code, _, err = run_cli(capsys, "generate", "--model", tiny_dir("sd"), "--embedding", tmp_path / "a.safetensors",
+                           "--prompt", "a photo of {}", "--steps", "1", "--seeds", "0", "--resolution", "40",
+                           "--no-progress", "--out", tmp_path / "g")
+    assert code == 0, err
+    (img,) = sorted((tmp_path / "g" / "images").glob("*.png"))
+    assert Image.open(img).size == (40, 40)
+    assert json.loads((tmp_path / "g" / "results.json").read_text())["size"] == 40
+
+
+# ---- tables line up by display width -----------------------------------------------------------
+def test_table_columns_align_on_cjk_tokens():
+    from geomkit.report import display_width, table_text
+
+    assert display_width("apple") == 5 and display_width("苹果") == 4 and display_width("ｱ") == 1
+    assert display_width("e\u0301") == 1  # a combining accent takes no column
+    text = table_text([{"token": "苹果", "cosine": 0.5}, {"token": "apple", "cosine": 0.25}, {"token": "りんご", "cosine": 0.125}])
+    lines = text.splitlines()
+    starts = {display_width(ln[: ln.index("0.")]) for ln in lines[2:]}
+    assert len(starts) == 1, text  # every number starts in the same terminal column
+    assert display_width(lines[0].split("cosine")[0]) == starts.pop()
