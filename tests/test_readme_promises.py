@@ -194,3 +194,63 @@ def test_table_columns_align_on_cjk_tokens():
     starts = {display_width(ln[: ln.index("0.")]) for ln in lines[2:]}
     assert len(starts) == 1, text  # every number starts in the same terminal column
     assert display_width(lines[0].split("cosine")[0]) == starts.pop()
+
+
+# ---- figures a person can read -----------------------------------------------------------------
+def test_norm_histogram_zooms_on_a_narrow_vocabulary():
+    """A vocabulary whose norms barely vary (Gemma: std/mean 5e-4) beside a TI token at 2x: a second
+    panel shows the vocabulary's spread with its mean; without learned tokens, one panel as before."""
+    from geomkit.commands.norms import plot, zoom_window
+
+    g = torch.Generator().manual_seed(0)
+    norms = 1.031 + 0.0005 * torch.randn(5000, generator=g, dtype=torch.float64)
+    stats = {"mean": float(norms.mean()), "std": float(norms.std())}
+    emb = {"<ti>": {"norm": 2.19, "ratio_to_mean": 2.12}, "<dti>": {"norm": 1.031, "ratio_to_mean": 1.0}}
+    lo, hi = zoom_window(norms.numpy(), emb)
+    assert lo < float(norms.quantile(0.01)) and hi > float(norms.quantile(0.99)) and hi - lo < 0.05
+    fig = plot(norms, stats, emb, {}, "t", 200)
+    main, zoom = fig.axes
+    assert zoom.get_xlim()[1] - zoom.get_xlim()[0] < 0.05  # the close-up resolves the spread
+    mean_lines = [ln for ax in (main, zoom) for ln in ax.get_lines() if ln.get_color() == "black"]
+    assert len(mean_lines) == 2 and all(ln.get_zorder() > 3 for ln in mean_lines)  # drawn above the DTI line
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(t.startswith("vocabulary mean") for t in labels) and sum("<" in t for t in labels) == 2
+    assert zoom_window(norms.numpy(), {}) is None and len(plot(norms, stats, {}, {}, "t", 50).axes) == 1
+    wide = torch.rand(5000, generator=g, dtype=torch.float64) + 0.2  # spread comparable to the range: no zoom
+    assert zoom_window(wide.numpy(), {"<x>": {"norm": 1.5, "ratio_to_mean": 2.0}}) is None
+
+
+def test_residual_angles_figure_tells_scales_tokens_and_bounds_apart():
+    from matplotlib.colors import to_hex
+
+    from geomkit.commands.residual_angles import plot
+
+    blocks = 5
+    groups = [{"concept": "<vocabulary>", "scale": m, "mean_angle_deg": 10.0 + i, "per_block_deg": [10.0 + i] * blocks,
+               "bound_vocab_deg": [90.0 - i] * blocks} for i, m in enumerate([0.5, 1, 2, 4, 8, 16])]
+    groups += [{"concept": c, "scale": None, "mean_angle_deg": 20.0, "per_block_deg": [20.0] * blocks}
+               for c in ("<t> (train-ti)", "<t> (train-dti)")]
+    fig = plot({"n_blocks": blocks, "by_scale": groups}, "t")
+    angles, bounds = fig.axes
+    lines = angles.get_lines()
+    colors = [to_hex(ln.get_color()) for ln in lines]
+    assert len(set(colors)) == len(lines)  # every scale and token its own colour
+    assert len({ln.get_marker() for ln in lines[:6]}) == 6  # and its own marker
+    ti, dti = lines[6], lines[7]
+    assert ti.get_linestyle() != dti.get_linestyle() and ti.get_marker() != dti.get_marker()
+    assert len(angles.get_legend().get_texts()) == 8
+    bound_labels = [t.get_text() for t in bounds.get_legend().get_texts()]
+    assert bound_labels == [f"bound for m = {m:g}" for m in [0.5, 1, 2, 4, 8, 16]]  # one entry per bound
+    assert [to_hex(ln.get_color()) for ln in bounds.get_lines()] == colors[:6]
+
+
+def test_probe_position_xlabel_mentions_learned_tokens_only_when_plotted():
+    from types import SimpleNamespace
+
+    from geomkit.commands.probe_position import plot
+
+    res = SimpleNamespace(scales=[1.0, 4.0], accuracy=[0.9, 0.4], baseline_accuracy=0.9, chance=0.05,
+                          embeddings={}, embedding_norm_ratio={})
+    assert "learned" not in plot(res, "t").axes[0].get_xlabel()
+    res.embeddings, res.embedding_norm_ratio = {"<x>": 0.3}, {"<x>": 8.0}
+    assert "learned tokens" in plot(res, "t").axes[0].get_xlabel()
