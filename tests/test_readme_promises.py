@@ -254,3 +254,33 @@ def test_probe_position_xlabel_mentions_learned_tokens_only_when_plotted():
     assert "learned" not in plot(res, "t").axes[0].get_xlabel()
     res.embeddings, res.embedding_norm_ratio = {"<x>": 0.3}, {"<x>": 8.0}
     assert "learned tokens" in plot(res, "t").axes[0].get_xlabel()
+
+
+# ---- output noise ------------------------------------------------------------------------------
+def test_bf16_unet_cast_is_silent_and_real_fp32_warnings_stay(tiny_dir):
+    """diffusers logs 'modules ... should be kept in float32: []' on every dtype cast of a UNet with no
+    such module; the trainer's cast is the same cast without it, and a model that has fp32 modules
+    still gets diffusers' warning."""
+    import logging
+
+    from diffusers import UNet2DConditionModel
+
+    from geomkit.train.objectives.diffusion import _frozen
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("diffusers.models.modeling_utils")
+    log.addHandler(handler)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(tiny_dir("sd") / "unet")
+        assert not unet._keep_in_fp32_modules
+        frozen = _frozen(unet, "cpu", torch.bfloat16)
+        assert {p.dtype for p in frozen.parameters()} == {torch.bfloat16} and not frozen.training
+        assert not any("kept in float32" in r.getMessage() for r in records)
+        other = UNet2DConditionModel.from_pretrained(tiny_dir("sd") / "unet")
+        other._keep_in_fp32_modules = ["conv_in"]
+        _frozen(other, "cpu", torch.bfloat16)
+        assert any("kept in float32: ['conv_in']" in r.getMessage() for r in records)
+    finally:
+        log.removeHandler(handler)
