@@ -33,7 +33,6 @@ def test_commands_write_nothing_outside_out(tiny_dir, tmp_path, capsys, monkeypa
     for name, word in (("a", "cat"), ("b", "dog")):
         save_learned(inputs / f"{name}.safetensors", f"<{name}>", enc.embedding_table()[enc.token_id(word)][None] * 3)
     a, b = inputs / "a.safetensors", inputs / "b.safetensors"
-    before_inputs = _files(inputs)
     monkeypatch.chdir(cwd)
     commands = {
         "neighbors": ["neighbors", "cat", "--model", clip, "-k", "3", "--embedding", a],
@@ -45,7 +44,13 @@ def test_commands_write_nothing_outside_out(tiny_dir, tmp_path, capsys, monkeypa
         "residual-angles": ["residual-angles", "--model", clip, "--words", "dog", "--scales", "1,4", "--max-prompts", "2"],
         "attenuation": ["attenuation", "--model", clip, "--tokens", "8"],
         "interpolate": ["interpolate", a, b, "--ratios", "0,0.5,1"],
+        "generate": ["generate", "--model", str(tiny_dir("sd")), "--embedding", a, "--prompt", "a {}", "--steps", "1",
+                     "--seeds", "0", "--resolution", "32", "--no-progress"],
+        "train": ["train", "--objective", "lm", "--method", "dti", "--model", str(tiny_dir("gemma3")), "--texts", "glimmerfox",
+                  "--placeholder", "<glimmerfox>", "--init-word", "fox", "--steps", "2", "--batch-size", "1", "--quiet"],
+        "compare": ["compare", _run_dir(inputs, "run-a", "clip-cosine"), _run_dir(inputs, "run-b", "clip-cosine")],
     }
+    before_inputs = _files(inputs)
     for i, (name, argv) in enumerate(commands.items()):
         out = Path(f"out-{i}") / "nested"
         code, _, err = run_cli(capsys, *argv, "--out", out)
