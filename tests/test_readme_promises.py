@@ -289,3 +289,32 @@ def test_bf16_unet_cast_is_silent_and_real_fp32_warnings_stay(tiny_dir):
         assert any("kept in float32: ['conv_in']" in r.getMessage() for r in records)
     finally:
         log.removeHandler(handler)
+
+
+# ---- notebooks use only public, documented API -------------------------------------------------
+def test_notebooks_use_only_documented_public_api():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    api = readme[readme.index("## Python API"):]
+    api = api[: api.index("\n## ", 10)]
+    for nb_path in sorted((root / "notebooks").glob("*.ipynb")):
+        nb = json.loads(nb_path.read_text())
+        code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        used = []  # (module, name)
+        for mod, names in re.findall(r"^\s*from (geomkit[\w.]*) import ([^\n#]+)", code, flags=re.M):
+            for name in (n.strip().split(" as ")[0] for n in names.strip("() ").split(",")):
+                used.append((mod, name))
+        aliases = {alias: f"{mod}.{name}" for mod, names in re.findall(r"^\s*from (geomkit[\w.]*) import ([^\n#]+)", code, flags=re.M)
+                   for name, alias in re.findall(r"(\w+) as (\w+)", names)}
+        for alias, module in aliases.items():
+            used += [(module, attr) for attr in re.findall(rf"\b{alias}\.(\w+)\(", code)]
+        for mod, name in used:
+            full = f"{mod}.{name}"
+            assert not any(part.startswith("_") for part in full.split(".")), f"{nb_path.name}: private {full}"
+            if nb_path.name[:2] in {"01", "02", "03", "04", "05"}:
+                target = f"{mod}.{name}" if f"`{mod}.{name}`" in api else mod
+                assert f"`{target}`" in api, f"{nb_path.name}: {mod} is not in the README's Python API section"
+                if target == mod:
+                    assert f"`{name}" in api, f"{nb_path.name}: {full} is not in the README's Python API section"
