@@ -318,3 +318,16 @@ def test_notebooks_use_only_documented_public_api():
                 assert f"`{target}`" in api, f"{nb_path.name}: {mod} is not in the README's Python API section"
                 if target == mod:
                     assert f"`{name}" in api, f"{nb_path.name}: {full} is not in the README's Python API section"
+
+
+@pytest.mark.real
+def test_bare_probe_position_on_real_gemma(gemma, tmp_path, capsys, monkeypatch):
+    """The README's `geomkit probe-position` on the default model (Gemma 3, RoPE), made small."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "probe-position", "--max-prompts", "30", "--epochs", "3", "--scales", "1", "--out", "o")
+    assert code == 0, err
+    r = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert r["model"] == "gemma3-270m" and r["site"] == "blocks.3.resid_post" and r["positions"] == "rope"
+    assert r["site_chosen"].startswith("automatic") and "RoPE" in r["site_chosen"]
+    assert "site chosen automatically" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"] and (tmp_path / "o" / "probe" / "probe.safetensors").is_file()
