@@ -19,9 +19,13 @@ def _files(root: Path) -> set:
 
 
 # ---- --out holds everything a command writes ---------------------------------------------------
-def test_commands_write_nothing_outside_out(tiny_dir, tmp_path, capsys, monkeypatch, one_thread):
+def test_commands_write_nothing_outside_out(tiny_dir, tiny_root, tmp_path, capsys, monkeypatch, one_thread):
     """Each command runs in an empty working folder with its inputs elsewhere: afterwards every new
     file is under its --out and the input folder is unchanged."""
+    import numpy as np
+    from PIL import Image
+
+    from geomkit import tiny
     from geomkit.embeddings_io import save_learned
     from geomkit.models import load_encoder
 
@@ -33,6 +37,12 @@ def test_commands_write_nothing_outside_out(tiny_dir, tmp_path, capsys, monkeypa
     for name, word in (("a", "cat"), ("b", "dog")):
         save_learned(inputs / f"{name}.safetensors", f"<{name}>", enc.embedding_table()[enc.token_id(word)][None] * 3)
     a, b = inputs / "a.safetensors", inputs / "b.safetensors"
+    refs = inputs / "refs"
+    refs.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((24, 24, 3), 40 * (i + 1), dtype="uint8")).save(refs / f"r{i}.png")
+    prompts = inputs / "prompts.txt"
+    prompts.write_text("a {} on a table\na photo of {}\n")
     monkeypatch.chdir(cwd)
     commands = {
         "neighbors": ["neighbors", "cat", "--model", clip, "-k", "3", "--embedding", a],
@@ -49,6 +59,10 @@ def test_commands_write_nothing_outside_out(tiny_dir, tmp_path, capsys, monkeypa
         "train": ["train", "--objective", "lm", "--method", "dti", "--model", str(tiny_dir("gemma3")), "--texts", "glimmerfox",
                   "--placeholder", "<glimmerfox>", "--init-word", "fox", "--steps", "2", "--batch-size", "1", "--quiet"],
         "compare": ["compare", _run_dir(inputs, "run-a", "clip-cosine"), _run_dir(inputs, "run-b", "clip-cosine")],
+        "evaluate": ["evaluate", "--embedding", a, "--model", str(tiny_dir("sd")), "--reference", refs, "--class-word", "cat",
+                     "--prompts", prompts, "--dino", tiny.cached_scorer_dir("dinov2", str(tiny_root)),
+                     "--clip", tiny.cached_scorer_dir("clipmodel", str(tiny_root)), "--steps", "1", "--seeds", "0",
+                     "--resolution", "32", "--no-progress"],
     }
     before_inputs = _files(inputs)
     for i, (name, argv) in enumerate(commands.items()):
