@@ -212,6 +212,16 @@ def _cached_repo_dir(spec: str) -> Optional[Path]:
         return None
 
 
+def hf_cache_repo_id(folder) -> Optional[str]:
+    """`org/name` when `folder` is a snapshot in a Hugging Face cache
+    (`.../models--org--name/snapshots/<hash>`), else None: labels show the repo, not the hash."""
+    folder = Path(os.path.abspath(os.path.expanduser(str(folder))))
+    repo = folder.parent.parent.name
+    if folder.parent.name == "snapshots" and repo.startswith("models--") and "--" in repo[len("models--"):]:
+        return repo[len("models--"):].replace("--", "/", 1)
+    return None
+
+
 def resolve_spec(spec: str, *, progress: bool = True) -> Path:
     """The local folder a spec names; a one-line GeomkitError when there is none."""
     if spec in ALIASES:
@@ -303,7 +313,8 @@ def load_encoder(spec: str = DEFAULT_MODEL, *, encoder: int = 1, dtype=None, pro
     model.eval().requires_grad_(False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    name = spec if spec in ALIASES else (f"{folder.name}/{subfolder}" if subfolder else folder.name)
+    base = spec if spec in ALIASES else (hf_cache_repo_id(folder) or folder.name)
+    name = f"{base}/{subfolder}" if subfolder and spec not in ALIASES else base
     enc = Encoder(model, tokenizer, fam, name, source=str(model_dir), pipeline_dir=pipeline_dir, subfolder=subfolder)
     if enc.embedding_module() is None or enc.blocks is None:
         raise GeomkitError(f"--model {spec}: {model_type} model has an unexpected layout ({type(model).__name__})")

@@ -104,6 +104,24 @@ def figure(width: float = 6.4, height: float = 4.0):
     return plt.subplots(figsize=(width, height))
 
 
+def display_width(text: str) -> int:
+    """Columns a string takes in a terminal: East Asian wide/full-width characters take two,
+    combining marks and zero-width characters none (so CJK tokens line up in tables)."""
+    import unicodedata
+
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+def pad(text: str, width: int) -> str:
+    """`text` left-aligned in `width` terminal columns (str.ljust counts characters, not columns)."""
+    return text + " " * max(0, width - display_width(text))
+
+
 def table_text(rows: Iterable[dict], floatfmt: str = "{:.4f}") -> str:
     """A plain aligned text table for the terminal."""
     rows = list(rows)
@@ -117,8 +135,8 @@ def table_text(rows: Iterable[dict], floatfmt: str = "{:.4f}") -> str:
         return "" if v is None else str(v)
 
     cells = [[fmt(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    widths = [max(display_width(c), *(display_width(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(pad(v, w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
     return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 

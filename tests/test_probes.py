@@ -169,14 +169,17 @@ def test_training_is_deterministic():
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_rope_needs_explicit_site(tiny_encoder):
+def test_rope_site_is_chosen_automatically(tiny_encoder):
+    """RoPE has no LN(e + p): the default is the residual stream after 4 blocks (or the last block
+    of a shallower model), and the reason names RoPE and the option that changes it."""
     enc = tiny_encoder("gemma3")
-    with pytest.raises(GeomkitError, match="RoPE.*--site blocks.K.resid_post"):
-        pos.default_site(enc)
-    assert pos.default_site(enc, "blocks.1.resid_post") == "blocks.1.resid_post"
+    site, why = pos.choose_site(enc)
+    assert site == f"blocks.{min(3, enc.n_blocks - 1)}.resid_post" == pos.default_site(enc) == pos.rope_site(enc)
+    assert "RoPE" in why and "--site blocks.K.resid_post" in why and site in why
+    assert pos.choose_site(enc, "blocks.1.resid_post") == ("blocks.1.resid_post", None)
     with pytest.raises(GeomkitError):
         pos.default_site(enc, "blocks.7.resid_post")
-    assert pos.default_probe_dir(enc, "blocks.1.resid_post").parts[0] == "probes"
+    assert pos.default_probe_dir("runs/x") == Path("runs/x/probe")
     assert "/" not in pos.safe_name("org/model name")
 
 
@@ -405,7 +408,8 @@ def test_commands_end_to_end(tiny64, tmp_path, capsys, monkeypatch):
     assert r["site"] == "blocks.0.ln1" and r["scales"] == [1.0, 16.0] and set(r["embeddings"]) == {"<tok>"}
     assert (tmp_path / "pp" / "position_probe.png").stat().st_size > 0 and (tmp_path / "pp" / "accuracy.csv").exists()
     probe_dir = Path(r["probe_dir"])
-    assert (tmp_path / probe_dir / "probe.safetensors").exists() and probe_dir.parts[0] == "probes"
+    assert probe_dir == Path("pp/probe") and (tmp_path / probe_dir / "probe.safetensors").exists()
+    assert r["site_chosen"].startswith("automatic") and "LN(e + p)" in r["site_chosen"]
     # a saved probe evaluates to the same numbers
     rc, _, err = _cli(
         ["probe-position", "--model", model_dir, "--out", "pp2", "--max-prompts", "60", "--scales", "1,16", "--load-probe", str(probe_dir)],
@@ -475,9 +479,18 @@ def test_bad_input_is_one_line(tiny64, tmp_path, capsys, argv, needle):
     assert "Traceback" not in err and needle in lines[0], lines[0]
 
 
-def test_rope_model_without_site_is_one_line(tiny_dir, tmp_path, capsys):
-    rc, _, err = _cli(["probe-position", "--model", str(tiny_dir("gemma3")), "--out", str(tmp_path / "o")], capsys)
-    assert rc == 2 and len(err.strip().splitlines()) == 1 and "RoPE" in err and "--site blocks.K.resid_post" in err
+def test_rope_model_without_site_probes_after_blocks(tiny_dir, tmp_path, capsys, monkeypatch, one_thread):
+    """The bare command works on a RoPE model: the site is chosen, said on stdout and in results.json."""
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = _cli(["probe-position", "--model", str(tiny_dir("gemma3")), "--out", "o", "--max-prompts", "30",
+                         "--epochs", "3", "--scales", "1,4", "--hidden", "16"], capsys)
+    assert rc == 0, err
+    r = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert r["site"].endswith(".resid_post") and r["positions"] == "rope"
+    assert r["site_chosen"].startswith("automatic") and "RoPE" in r["site_chosen"]
+    assert "site chosen automatically" in out and r["site"] in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # the probe too is inside --out
+    assert (tmp_path / "o" / "probe" / "probe.safetensors").is_file()
 
 
 def test_parse_scales():

@@ -59,8 +59,8 @@ def test_minilm_postnorm_has_no_stagnation(minilm):
 
 # ---- Gemma 3 270M (RoPE, pre-norm RMSNorm with sandwich norms) --------------------------------------
 def test_gemma_has_no_ln_e_plus_p(gemma):
-    with pytest.raises(GeomkitError, match="RoPE"):
-        pos.default_site(gemma)
+    site, why = pos.choose_site(gemma)  # the bare `geomkit probe-position` probes after 4 blocks
+    assert site == "blocks.3.resid_post" and "RoPE" in why
     out = att.run_attenuation(gemma)
     assert out["applicable"] is False and "RoPE" in out["reason"]
 

@@ -3,6 +3,8 @@ the image-vs-text scatter, and semantic drift over training (Fig. 1b)."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 from geomkit.commands._common import add_out_arg
 
 NAME = "compare"
@@ -105,6 +107,7 @@ def table_row(label: str, run: dict, drift_words: list) -> dict:
         "final norm": _num_or_list(r.get("final_norm")),
         "image": ev.get("image_similarity"),
         "text": ev.get("text_alignment"),
+        "text metric": ev.get("text_metric") if ev else None,
         "steps": r.get("steps"),
         "time (s)": r.get("seconds"),
         "cos to prior": r.get("cos_to_prior"),
@@ -143,7 +146,32 @@ def related_cosines(runs: list, words: list) -> None:
         run["drift_extra"] = dict(zip(words, (float(c) for c in drift(vec.double().mean(0), rows))))
 
 
-def plot_scatter(rows):
+TEXT_METRIC_LABELS = {"siglip-sigmoid": "SigLIP match probability", "clip-cosine": "CLIP image-text cosine"}
+
+
+def text_metric(rows) -> Optional[str]:
+    """The one text-alignment metric of the evaluated runs (None when none says); runs scored with
+    different metrics (SigLIP vs CLIP) are not comparable: a one-line GeomkitError."""
+    from geomkit.errors import GeomkitError
+
+    metrics = {}
+    for r in rows:
+        if r["text"] is not None and r.get("text metric"):
+            metrics.setdefault(r["text metric"], []).append(r["run"])
+    if len(metrics) > 1:
+        seen = "; ".join(f"{m}: {', '.join(runs)}" for m, runs in metrics.items())
+        raise GeomkitError(
+            f"runs were scored with different text metrics ({seen}); their text scores are not comparable: "
+            "compare runs evaluated with the same --siglip/--clip model, or re-run `geomkit evaluate` on them with one"
+        )
+    return next(iter(metrics), None)
+
+
+def text_axis_label(metric: Optional[str]) -> str:
+    return f"text alignment ({TEXT_METRIC_LABELS.get(metric, metric)})" if metric else "text alignment"
+
+
+def plot_scatter(rows, metric: Optional[str] = None):
     from geomkit.report import figure
 
     fig, ax = figure(5.5, 4.5)
@@ -155,7 +183,7 @@ def plot_scatter(rows):
         ax.scatter([r["text"] for r in sel], [r["image"] for r in sel], s=40, color=colors[i % len(colors)], label=m, zorder=3)
         for r in sel:
             ax.annotate(r["run"], (r["text"], r["image"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.set_xlabel("text alignment (SigLIP)")
+    ax.set_xlabel(text_axis_label(metric))
     ax.set_ylabel("image similarity (DINOv2)")
     ax.set_title("subject fidelity vs text alignment")
     ax.grid(alpha=0.3)
@@ -214,6 +242,7 @@ def run(args) -> int:
     labels = list(args.labels) if args.labels else [r["dir"].resolve().name for r in runs]
     if len(set(labels)) != len(labels):
         labels = [str(r["dir"]) for r in runs]
+    metric = text_metric([table_row(lab, run, []) for lab, run in zip(labels, runs)])
     out = report.prepare_out(args.out)
     if args.related:
         related_cosines(runs, args.related)
@@ -243,11 +272,13 @@ def run(args) -> int:
     evaluated = [r for r in rows if r["image"] is not None and r["text"] is not None]
     notes = sorted({run["results"]["note"] for run in runs if run["results"].get("note")})
     md += [f"Note: {n}." for n in notes] + ([""] if notes else [])
+    if metric:
+        md += [f"Text scores: {text_axis_label(metric)}; image scores: DINOv2 CLS cosine.", ""]
     report.write_text(out / "compare.md", "\n".join(md))
 
     scatter = None
     if evaluated:
-        report.save_figure(out / "scatter.png", plot_scatter(rows))
+        report.save_figure(out / "scatter.png", plot_scatter(rows, metric))
         scatter = "scatter.png"
     drift_png = None
     if any(run["log"] for run in runs):
@@ -258,6 +289,7 @@ def run(args) -> int:
         "runs": [{"label": lab, "dir": str(run["dir"]), "evaluated": run["eval"] is not None} for lab, run in zip(labels, runs)],
         "rows": rows,
         "drift_words": drift_words,
+        "text_metric": metric,
         "files": {"csv": "compare.csv", "markdown": "compare.md", "scatter": scatter, "drift": drift_png},
     }
     report.write_json(out / "results.json", results)
@@ -266,6 +298,8 @@ def run(args) -> int:
     if drift_words or any(r["cos to prior"] is not None for r in rows):
         print("\nsemantic drift (cosine of the learned direction):")
         print(report.table_text(_fmt_table(rows, drift_cols)))
+    if metric:
+        print(f"\ntext = {text_axis_label(metric)}, image = DINOv2 CLS cosine")
     if not evaluated:
         print(f"\nno run has {args.eval_dir}/results.json: image/text scores empty, scatter skipped "
               "(run `geomkit evaluate --run RUN_DIR ...` first)")

@@ -39,7 +39,8 @@ def add_generation_args(p, *, seeds: str = "0,1,2,3") -> None:
     g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS}: the paper's DDIM 50 for SDXL; also used for SD1.x/2.x)")
     g.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS), help="sampler (default ddim, as the paper; 'default' keeps the pipeline's own)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: 7.5 for SD1.x/2.x, 5.0 for SDXL, diffusers' defaults)")
-    g.add_argument("--size", type=int, default=None, help="image height and width in pixels (default: the pipeline's native size, 512 SD1.x, 1024 SDXL)")
+    g.add_argument("--resolution", "--size", dest="size", type=int, default=None, metavar="PX",
+                   help="image height and width in pixels, as train's --resolution (--size is an alias; default: the pipeline's native size, 512 SD1.x, 1024 SDXL)")
     g.add_argument("--negative-prompt", default=None, help="negative prompt (default none)")
     g.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
     g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
@@ -56,7 +57,7 @@ def check_generation_args(args) -> None:
     if args.batch_size < 1:
         raise GeomkitError("--batch-size must be at least 1")
     if args.size is not None and (args.size < 8 or args.size % 8):
-        raise GeomkitError(f"--size {args.size}: must be a positive multiple of 8")
+        raise GeomkitError(f"--resolution {args.size}: must be a positive multiple of 8")
     if args.guidance is not None and args.guidance < 0:
         raise GeomkitError("--guidance must be >= 0")
 

@@ -25,26 +25,79 @@ def special_token_norms(enc, norms) -> dict:
     return out
 
 
-def plot(norms, stats, embeddings: dict, specials: dict, title: str, bins: int):
-    from geomkit.report import figure
+def zoom_window(live, embeddings: dict):
+    """(lo, hi) of a close-up on the vocabulary when its spread is a sliver of the range the learned
+    tokens force on the histogram, else None. The window spans the 0.5th..99.5th percentiles of the
+    vocabulary's norms, widened by half their spread on each side."""
+    import numpy as np
 
-    fig, ax = figure(7.0, 4.0)
+    if not embeddings:
+        return None
+    p_lo, p_hi = np.percentile(live, [0.5, 99.5])
+    full = max([live.max()] + [e["norm"] for e in embeddings.values()]) * 1.02
+    spread = max(p_hi - p_lo, 1e-6 * max(abs(p_hi), 1e-12))
+    if spread > 0.1 * full:
+        return None
+    return float(p_lo - 0.5 * spread), float(p_hi + 0.5 * spread)
+
+
+def plot(norms, stats, embeddings: dict, specials: dict, title: str, bins: int):
+    """The vocabulary's norm histogram with learned tokens marked. When a learned token lies far
+    outside the vocabulary's spread (TI), a second panel zooms on the vocabulary, so both its
+    spread and the learned tokens show."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
     live = norms[norms > 0].numpy()
-    hi = max([live.max()] + [e["norm"] for e in embeddings.values()])
-    ax.hist(live, bins=bins, color="#4C72B0", alpha=0.85, range=(0, hi * 1.02) if embeddings else None)
-    ax.axvline(stats["mean"], color="black", ls="--", lw=1, label=f"vocabulary mean {stats['mean']:.3f}")
-    for tok, n in specials.items():
-        ax.axvline(n, color="#999999", ls=":", lw=0.8)
-    if specials:
-        ax.plot([], [], color="#999999", ls=":", label="special tokens")
+    window = zoom_window(live, embeddings)
     colors = ["#C44E52", "#55A868", "#8172B2", "#CCB974", "#64B5CD"]
-    for (name, e), c in zip(embeddings.items(), colors * 10):
-        ax.axvline(e["norm"], color=c, lw=2, label=f"{name}: {e['norm']:.3f} ({e['ratio_to_mean']:.1f}x mean)")
-    ax.set_xlabel("token embedding L2 norm")
-    ax.set_ylabel("tokens")
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    if window is None:
+        fig, ax = plt.subplots(figsize=(7.0, 4.0))
+        axes = [ax]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.2), gridspec_kw={"width_ratios": [1.25, 1]})
+    hi = max([live.max()] + [e["norm"] for e in embeddings.values()])
+
+    def draw(ax, rng, nbins, legend):
+        ax.hist(live, bins=nbins, color="#4C72B0", alpha=0.85, range=rng)
+        for tok, n in specials.items():
+            if rng is None or rng[0] <= n <= rng[1]:
+                ax.axvline(n, color="#999999", ls=":", lw=0.8, zorder=2)
+        for i, ((name, e), c) in enumerate(zip(embeddings.items(), colors * 10)):
+            if rng is None or rng[0] <= e["norm"] <= rng[1]:
+                ax.axvline(e["norm"], color=c, lw=3 - 0.5 * (i % 3), zorder=3,
+                           label=f"{name}: {e['norm']:.3f} ({e['ratio_to_mean']:.2f}x mean)" if legend else None)
+        # drawn last and dashed: visible even where a learned token sits on the mean (DTI)
+        ax.axvline(stats["mean"], color="black", ls=(0, (3, 2)), lw=1.2, zorder=4,
+                   label=f"vocabulary mean {stats['mean']:.4g}" if legend else None)
+        ax.set_xlabel("token embedding L2 norm")
+        ax.set_ylabel("tokens")
+        ax.set_yscale("log")
+
+    main = axes[0]
+    draw(main, (0, hi * 1.02) if embeddings else None, bins, legend=True)
+    if specials:
+        main.plot([], [], color="#999999", ls=":", label="special tokens")
+    main.set_title(title if window is None else f"{title}: vocabulary and learned tokens", fontsize=10)
+    if window is not None:
+        zoom = axes[1]
+        inside = int(((live >= window[0]) & (live <= window[1])).sum())
+        share = f"all {len(live)}" if inside == len(live) else f"{inside} of {len(live)}"
+        draw(zoom, window, 80, legend=False)
+        zoom.set_title(f"close-up of the vocabulary ({share} tokens;\nstd/mean {stats['std'] / stats['mean']:.2g})", fontsize=9)
+        zoom.ticklabel_format(axis="x", useOffset=False)
+        zoom.tick_params(axis="x", labelsize=7)
+        main.annotate(f"vocabulary: {share} tokens\nin {window[0]:.4g} .. {window[1]:.4g}\n(close-up on the right)",
+                      xy=(stats["mean"], 0.45), xycoords=("data", "axes fraction"), xytext=(0.03, 0.72), textcoords="axes fraction",
+                      fontsize=8, arrowprops={"arrowstyle": "->", "color": "#4C72B0"}, color="#2F4B7C")
+        handles, labels = main.get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2, frameon=False)
+        fig.subplots_adjust(bottom=0.27, wspace=0.28, top=0.86)
+    else:
+        main.legend(fontsize=8)
+        fig.tight_layout()
     return fig
 
 

@@ -12,7 +12,9 @@ DESCRIPTION = (
     "first normalisation after position embeddings are added (LN(e + p); BERT: the embedding LayerNorm), over all "
     "positions of the training prompts. Then, on held-out prompts, replace one content token at a time by its own "
     "embedding times m (--scales) or by a learned embedding (--embedding), and report the probe's accuracy at that "
-    "token's position, averaged over positions. RoPE models (Gemma) have no LN(e + p): use --site blocks.K.resid_post."
+    "token's position, averaged over positions. RoPE models (Gemma) have no LN(e + p): there the site defaults to "
+    "blocks.3.resid_post (after 4 blocks; --site blocks.K.resid_post picks another), and the output says so. "
+    "Everything is written inside --out, the trained probe in --out/probe unless --probe-dir says otherwise."
 )
 
 DEFAULT_SCALES = "0.5,1,2,4,8,16"
@@ -21,7 +23,7 @@ DEFAULT_SCALES = "0.5,1,2,4,8,16"
 def add_arguments(p):
     p.add_argument("--scales", default=DEFAULT_SCALES, metavar="M,M,...", help=f"embedding scales m (default {DEFAULT_SCALES})")
     p.add_argument("--embedding", nargs="+", action="extend", default=[], metavar="FILE", help="learned embedding file(s) to place in the prompts")
-    p.add_argument("--site", default=None, help="site to probe (default: the model's LN(e + p); e.g. blocks.2.resid_post)")
+    p.add_argument("--site", default=None, help="site to probe (default: the model's LN(e + p); on RoPE models, which have none, blocks.3.resid_post)")
     p.add_argument("--prompts", default=None, metavar="FILE", help="prompt file, one per line, '#' comments (default: the packaged 305 prompts)")
     p.add_argument("--max-prompts", type=int, default=None, metavar="N", help="use a seeded subset of N prompts (faster)")
     p.add_argument("--held-out", type=float, default=0.2, metavar="FRACTION", help="fraction of prompts held out for evaluation (default 0.2)")
@@ -29,7 +31,7 @@ def add_arguments(p):
     p.add_argument("--epochs", type=int, default=40, help="probe training epochs (default 40)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the probe (default 0)")
     p.add_argument("--min-support", type=int, default=5, metavar="N", help="a position gets a class when at least N training prompts reach it (default 5)")
-    p.add_argument("--probe-dir", default=None, metavar="DIR", help="where to save the trained probe (default probes/<model>/position-<site>/)")
+    p.add_argument("--probe-dir", default=None, metavar="DIR", help="where to save the trained probe (default: OUT/probe)")
     p.add_argument("--load-probe", default=None, metavar="DIR", help="evaluate a saved probe instead of training one")
     add_model_args(p)
     add_out_arg(p, "runs/probe-position")
@@ -53,7 +55,7 @@ def plot(res, title: str):
     hi = max(res.scales + list(res.embedding_norm_ratio.values()) or [1.0])
     ax.set_xlim(2 ** (math.floor(math.log2(lo)) - 0.3), 2 ** (math.ceil(math.log2(hi)) + 0.3))
     ax.set_ylim(-3, 103)
-    ax.set_xlabel("embedding scale m (learned tokens: norm / vocabulary mean norm)")
+    ax.set_xlabel("embedding scale m" + (" (learned tokens: norm / vocabulary mean norm)" if res.embeddings else ""))
     ax.set_ylabel("position accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
@@ -79,7 +81,7 @@ def run(args) -> int:
     train_p, test_p = split_prompts(prompts, args.held_out, args.seed)
     out = report.prepare_out(args.out)
     enc = load(args)
-    site = pos.default_site(enc, args.site)
+    site, site_why = pos.choose_site(enc, args.site)
     learned = _args.load_learned_set(enc, args.embedding, encoder=args.encoder if enc.pipeline_dir else None)
 
     probe = None
@@ -101,7 +103,7 @@ def run(args) -> int:
     probe_dir = None
     if not args.load_probe:
         probe_dir = pos.save_probe(
-            args.probe_dir or pos.default_probe_dir(enc, site),
+            args.probe_dir or pos.default_probe_dir(out),
             probe,
             {
                 "model": enc.name,
@@ -119,6 +121,7 @@ def run(args) -> int:
     results = res.results_json()
     results["probe_dir"] = str(probe_dir or args.load_probe)
     results["positions"] = enc.family.positions
+    results["site_chosen"] = "given (--site)" if args.site else f"automatic: {site_why}"
     if enc.family.name == "gemma":
         results["note"] = "Gemma 3 270M numbers come from Q4_K_M-quantised weights (de-quantised)."
     rows = [{"condition": "normal", "scale": None, "accuracy": res.baseline_accuracy}]
@@ -130,6 +133,8 @@ def run(args) -> int:
     report.write_json(out / "results.json", results)
 
     print(f"model: {enc.name}   site: {site}   positions: {res.n_positions} (chance {100 * res.chance:.1f}%)")
+    if not args.site and enc.family.positions == "rope":
+        print(f"site chosen automatically: {site_why}")
     print(
         f"prompts: {res.n_train_prompts} train / {res.n_heldout_prompts} held out   train accuracy {100 * res.train_accuracy:.1f}%   "
         f"held-out, all tokens {100 * res.baseline_all_tokens:.1f}%"

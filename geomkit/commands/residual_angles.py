@@ -30,32 +30,68 @@ def add_arguments(p):
     add_out_arg(p, "runs/residual-angles")
 
 
-def plot(results: dict, title: str):
+LEARNED_STYLES = [  # distinct from the scale colour map and from one another
+    {"color": "#111111", "ls": "-", "marker": "X", "lw": 2.0},
+    {"color": "#D62728", "ls": (0, (5, 2)), "marker": "D", "lw": 2.0},
+    {"color": "#17BECF", "ls": "-.", "marker": "P", "lw": 2.0},
+    {"color": "#8C564B", "ls": ":", "marker": "*", "lw": 2.0},
+]
+SCALE_MARKERS = ["o", "s", "^", "v", "<", ">", "p", "h"]
+
+
+def scale_colors(n: int):
+    """n colours along a sequential map (small m light, large m dark), so neighbouring scales differ."""
     import matplotlib.pyplot as plt
 
-    from geomkit.report import figure
+    cmap = plt.get_cmap("viridis_r")
+    return [cmap(0.15 + 0.85 * i / max(1, n - 1)) for i in range(n)]
 
-    fig, ax = figure(7.0, 5.2)
+
+def plot(results: dict, title: str):
+    """Top: the measured per-block angle, scales on a sequential colour map (each with its own
+    marker), learned tokens in distinct line styles. Bottom: Lemma 2's bound for each scale, one
+    legend entry per bound, in the same colours."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
     blocks = list(range(results["n_blocks"]))
     groups = results["by_scale"]
-    cmap = plt.get_cmap("viridis")
     scaled = [g for g in groups if g["scale"] is not None]
+    learned = [g for g in groups if g["scale"] is None]
     bound_key = "bound_vocab_deg"  # the informative one; the weights' bound is often vacuous (180)
-    for i, g in enumerate(scaled):
-        c = cmap(i / max(1, len(scaled) - 1))
-        ax.plot(blocks, g["per_block_deg"], "o-", ms=3, color=c, label=f"m = {g['scale']:g}: mean {g['mean_angle_deg']:.1f} deg")
-        if bound_key in g:
-            ax.plot(blocks, g[bound_key], ls="--", lw=0.8, color=c)
-    colors = ["#C44E52", "#DD8452", "#8172B2", "#937860", "#DA8BC3"]
-    for g, c in zip([g for g in groups if g["scale"] is None], colors * 10):
-        ax.plot(blocks, g["per_block_deg"], "s-", ms=3, color=c, label=f"{g['concept']}: mean {g['mean_angle_deg']:.1f} deg")
-    ax.plot([], [], ls="--", color="#666666", lw=0.8, label="Lemma 2 bound, B_l from vocabulary runs (180 = vacuous)")
-    ax.set_xticks(blocks if len(blocks) <= 24 else blocks[:: max(1, len(blocks) // 12)])
-    ax.set_xlabel("block")
+    with_bounds = [g for g in scaled if bound_key in g]
+    fig, axes = plt.subplots(2 if with_bounds else 1, 1, figsize=(7.6, 8.6 if with_bounds else 5.0), sharex=True,
+                             gridspec_kw={"height_ratios": [1.35, 1]} if with_bounds else None, squeeze=False)
+    ax = axes[0][0]
+    colors = scale_colors(len(scaled))
+    for i, (g, c) in enumerate(zip(scaled, colors)):
+        ax.plot(blocks, g["per_block_deg"], marker=SCALE_MARKERS[i % len(SCALE_MARKERS)], ms=4, lw=1.3, color=c,
+                label=f"vocabulary word x m = {g['scale']:g}: mean {g['mean_angle_deg']:.1f} deg")
+    for g, st in zip(learned, LEARNED_STYLES * 10):
+        ax.plot(blocks, g["per_block_deg"], ms=6, mfc="white", mew=1.5, color=st["color"], ls=st["ls"], marker=st["marker"],
+                lw=st["lw"], label=f"{g['concept']}: mean {g['mean_angle_deg']:.1f} deg")
+    top = max([max(g["per_block_deg"]) for g in groups if g["per_block_deg"]] + [1.0])
+    ax.set_ylim(0, min(185, top * 1.4 + 2))  # headroom: the legend sits above the lines
     ax.set_ylabel("angle(x_l, x_l+1) (degrees)")
-    ax.set_ylim(0, 185)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=7, ncol=2, loc="upper right", framealpha=0.9)
+    if with_bounds:
+        bx = axes[1][0]
+        for i, (g, c) in enumerate(zip(scaled, colors)):
+            bx.plot(blocks, g[bound_key], ls="--", lw=1.3, color=c, marker=SCALE_MARKERS[i % len(SCALE_MARKERS)], ms=3,
+                    label=f"bound for m = {g['scale']:g}")
+        bx.set_ylim(0, 185)
+        bx.set_ylabel("Lemma 2 bound (degrees)")
+        bx.set_title("Lemma 2: arcsin(B_l / ||x_l||), B_l from unscaled vocabulary runs (180 = vacuous)", fontsize=9)
+        bx.grid(alpha=0.25)
+        bx.legend(fontsize=7, ncol=3, loc="lower left", framealpha=0.9)
+    last = axes[-1][0]
+    last.set_xticks(blocks if len(blocks) <= 24 else blocks[:: max(1, len(blocks) // 12)])
+    last.set_xlabel("block")
+    fig.tight_layout()
     return fig
 
 

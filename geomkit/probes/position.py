@@ -2,7 +2,8 @@
 
 A 2-layer MLP probe is trained on a FROZEN encoder to predict each token's position from the
 vector at one site (default: the family's `first_norm_site`, the paper's LN(e + p); for BERT the
-embedding LayerNorm, for CLIP/Whisper block 0's first LayerNorm), over all positions of the
+embedding LayerNorm, for CLIP/Whisper block 0's first LayerNorm; RoPE models such as Gemma have
+no LN(e + p), so there the default is `blocks.3.resid_post`, after 4 blocks), over all positions of the
 training prompts. It is then evaluated on held-out prompts where ONE token's embedding is replaced:
 
 - by itself times m (`scaled`): Lemma 1 says LN(m e + p) forgets p as m grows;
@@ -42,18 +43,38 @@ CONFIG_FILE = "config.json"
 
 
 # ---- sites -------------------------------------------------------------------------------------
-def default_site(enc, site: Optional[str] = None) -> str:
-    """The site to probe: `site` if given (checked), else the family's LN(e + p). RoPE families
-    have no LN(e + p): a one-line error suggests probing after K blocks instead."""
+ROPE_BLOCK = 3  # RoPE models: probe after 4 blocks (the site `geomkit reproduce` uses for Gemma)
+
+
+def rope_site(enc) -> str:
+    """The site probed on a RoPE model when none is given: `blocks.3.resid_post` (or the last
+    block of a shallower model). RoPE adds no position vector, so there is no LN(e + p); position
+    can only be read after attention has mixed it in."""
+    return f"blocks.{min(ROPE_BLOCK, enc.n_blocks - 1)}.resid_post"
+
+
+def choose_site(enc, site: Optional[str] = None) -> tuple[str, Optional[str]]:
+    """(site, why) - `site` if given (checked; why is None), else the family's LN(e + p), or on a
+    RoPE model `rope_site(enc)` with a one-sentence reason."""
+    why = None
     if site is None:
         if enc.family.positions == "rope":
-            raise GeomkitError(
-                f"{enc.name} ({enc.family.name}) uses RoPE: there are no absolute position embeddings, so no LN(e + p) "
-                f"to probe; pass --site blocks.K.resid_post (K in 0..{enc.n_blocks - 1}) to probe after K+1 blocks instead"
+            site = rope_site(enc)
+            why = (
+                f"{enc.name} uses RoPE (no absolute position embeddings, so no LN(e + p)): probing after "
+                f"{int(site.split('.')[1]) + 1} blocks at {site}; --site blocks.K.resid_post picks another block"
             )
-        site = enc.family.first_norm_site
+        else:
+            site = enc.family.first_norm_site
+            why = f"the first normalisation after position embeddings are added (LN(e + p)): {site}"
     resolve_site(enc, site)  # one-line GeomkitError for a site the model lacks
-    return site
+    return site, why
+
+
+def default_site(enc, site: Optional[str] = None) -> str:
+    """The site to probe: `site` if given (checked), else the family's LN(e + p); RoPE families,
+    which have none, get `rope_site(enc)` (after 4 blocks)."""
+    return choose_site(enc, site)[0]
 
 
 def safe_name(text: str) -> str:
@@ -61,8 +82,9 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._") or "model"
 
 
-def default_probe_dir(enc, site: str) -> Path:
-    return Path("probes") / safe_name(enc.name) / f"position-{safe_name(site)}"
+def default_probe_dir(out) -> Path:
+    """Where `geomkit probe-position` saves its probe unless told: inside its --out folder."""
+    return Path(out) / "probe"
 
 
 # ---- features ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from geomkit.errors import GeomkitError
+from geomkit.probes._args import subsample  # noqa: F401  public here: subsample(items, n, seed) -> a seeded subset in order
 
 POSITION_PROMPTS = "position_prompts.txt"
 EVAL_PROMPTS = "eval_prompts.txt"

@@ -53,7 +53,14 @@ def build(cfg, inputs: dict, device):
 
 def _frozen(model, device, dtype=None):
     """A frozen, eval-mode copy on `device` (and in `dtype` when given)."""
-    model = model.to(device) if dtype in (None, torch.float32) else model.to(device, dtype=dtype)
+    if dtype in (None, torch.float32):
+        model = model.to(device)
+    elif getattr(model, "_keep_in_fp32_modules", None) or getattr(model, "is_quantized", False):
+        model = model.to(device, dtype=dtype)  # diffusers' own cast and its warning: there is something to say
+    else:
+        # diffusers' ModelMixin.to logs "There are modules in UNet2DConditionModel that should be kept in
+        # float32: []" on every dtype cast, even with no such module; the plain nn.Module cast is the same cast
+        model = torch.nn.Module.to(model, device, dtype=dtype)
     return model.eval().requires_grad_(False)
 
 
