@@ -38,6 +38,51 @@ def _sizes(quick: bool) -> dict:
                 templates="0", tokens="200", steps="300", batch="4", att_scales="")
 
 
+# Trained tokens where the architecture shows Effects I/II (issue 10): TI and DTI on the Whisper
+# decoder at the paper's settings, a TI run at a higher learning rate so its norm reaches a large
+# multiple of m*, and the same high-norm TI on Gemma; then angles, probe and neighbours of the tokens.
+WHISPER_STEPS = {"full": "500", "quick": "20"}
+HIGH_LR = {"whisper-tiny-en": "5e-2", "gemma3-270m": "5e-2"}
+GEMMA_HIGHLR_STEPS = "300"  # ~3 s a step on a 2-core CPU; not run with --quick (too slow for CI)
+
+
+def _train(model: str, method: str, steps: str, batch: str, lr: Optional[str] = None) -> list:
+    argv = ["train", "--objective", "lm", "--method", method, "--model", model, "--texts", CONCEPT,
+            "--placeholder", PLACEHOLDER, "--init-word", "fox", "--related", CONCEPT, "--steps", steps,
+            "--batch-size", batch, "--seed", "42", "--quiet"]
+    return argv + (["--lr", lr] if lr else [])
+
+
+def trained_token_steps(root: Path, quick: bool) -> list[Step]:
+    """Steps of the trained-token experiments (issue 10), after the per-model steps they reuse."""
+    s = _sizes(quick)
+    steps: list[Step] = []
+    wh, gem = "whisper-tiny-en", "gemma3-270m"
+    wsteps, wbatch = WHISPER_STEPS["quick" if quick else "full"], "4"
+    steps.append(Step("train-ti", wh, _train(wh, "ti", wsteps, wbatch)))
+    steps.append(Step("train-dti", wh, _train(wh, "dti", wsteps, wbatch)))
+    steps.append(Step("train-ti-highlr", wh, _train(wh, "ti", wsteps, wbatch, HIGH_LR[wh])))
+    if not quick:
+        steps.append(Step("train-ti-highlr", gem, _train(gem, "ti", GEMMA_HIGHLR_STEPS, "4", HIGH_LR[gem])))
+    for model in (wh, gem):
+        if quick and model == gem:
+            continue
+        files = [str(root / model / n / "learned_embeds.safetensors") for n in ("train-ti", "train-dti", "train-ti-highlr")]
+        angles = ["residual-angles", "--model", model, "--scales", "1", "--words", s["words"], "--embedding", *files]
+        if s["templates"] != "0":
+            angles += ["--max-prompts", s["templates"]]
+        steps.append(Step("trained-angles", model, angles, figure="residual_angles.png"))
+        probe = ["probe-position", "--model", model, "--scales", "1", "--epochs", s["epochs"], "--embedding", *files,
+                 "--probe-dir", str(root / model / "probe-position" / "probe")]
+        if s["max_prompts"] != "0":
+            probe += ["--max-prompts", s["max_prompts"]]
+        if model == gem:
+            probe += ["--site", GEMMA_SITE]
+        steps.append(Step("trained-probe", model, probe, figure="position_probe.png"))
+        steps.append(Step("trained-neighbors", model, ["neighbors", "--model", model, "-k", "10", "--embedding", *files]))
+    return steps
+
+
 def plan(root: Path, quick: bool) -> list[Step]:
     s = _sizes(quick)
     steps: list[Step] = []
@@ -72,7 +117,7 @@ def plan(root: Path, quick: bool) -> list[Step]:
         steps.append(Step("attenuation", model, att, figure="attenuation.png"))
     for mode in ("slerp", "lerp"):
         steps.append(Step(f"interpolate-{mode}", "gemma3-270m", ["interpolate", ti_file, dti_file, "--mode", mode]))
-    return steps
+    return steps + trained_token_steps(root, quick)
 
 
 def step_dir(root: Path, step: Step) -> Path:
