@@ -74,8 +74,9 @@ def trained_token_steps(root: Path, quick: bool) -> list[Step]:
         if s["templates"] != "0":
             angles += ["--max-prompts", s["templates"]]
         steps.append(Step("trained-angles", model, angles, figure="residual_angles.png"))
-        probe = ["probe-position", "--model", model, "--scales", "1", "--epochs", s["epochs"], "--embedding", *files,
-                 "--probe-dir", str(root / model / "probe-position" / "probe")]
+        # the probe the probe-position step trained on the same prompts, evaluated (never retrained or rewritten)
+        probe = ["probe-position", "--model", model, "--scales", "1", "--embedding", *files,
+                 "--load-probe", str(root / model / "probe-position" / "probe")]
         if s["max_prompts"] != "0":
             probe += ["--max-prompts", s["max_prompts"]]
         if model == gem:
