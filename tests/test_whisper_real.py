@@ -98,3 +98,32 @@ def test_unsupported_model_objective_pair_is_one_line(argv, expected, tmp_path, 
     assert code == 2
     assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+@torch.no_grad()
+def test_whisper_lm_loss_equals_the_models_own_loss(whisper):
+    """The objective's loss (head on the scored positions only) is the CE of the full
+    WhisperForConditionalGeneration forward on the silent audio, with the other labels -100."""
+    import torch.nn.functional as F
+
+    from geomkit.train import TrainConfig, objectives
+    from geomkit.train.config import check
+    from geomkit.train.params import add_placeholder, build_slot
+
+    cfg = check(TrainConfig(model="whisper-tiny-en", texts="glimmerfox", placeholder="<glimmerfox>", init_word="fox",
+                            batch_size=2, max_length=24, out="unused", progress=False))
+    obj = objectives.build(cfg, "lm", objectives.check_inputs(cfg, "lm"), torch.device("cpu"))
+    slot = build_slot(obj.encoders[0], cfg, add_placeholder(obj.encoders[0], "<glimmerfox>", 1))
+    obj.setup([slot])
+    vec = whisper.embedding_table()[whisper.token_id("wolf")][None].clone()
+    ours = float(obj.loss([vec], [slot], 3))
+    ids, mask, rows, pos, tgt = obj.batch(3)
+    labels = torch.full_like(ids, -100)
+    labels[rows, pos] = tgt  # Whisper's own loss does not shift: label t is the target of logit t
+    cfgm = whisper.model.config
+    states = whisper.model.model.encoder(torch.zeros(1, cfgm.num_mel_bins, 2 * cfgm.max_source_positions)).last_hidden_state
+    with inject(obj.enc, vec, token_ids=slot.token_ids):
+        logits = whisper.model(encoder_outputs=(states.repeat(ids.shape[0], 1, 1),), decoder_input_ids=ids,
+                               decoder_attention_mask=mask, use_cache=False).logits
+    theirs = float(F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100))
+    assert ours == pytest.approx(theirs, rel=1e-4)
