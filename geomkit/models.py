@@ -202,7 +202,11 @@ class Encoder:
             self._context[key] = kv
         cross = DynamicCache()
         for i, (k, v) in enumerate(self._context[key]):
-            cross.update(k.expand(batch, *k.shape[1:]), v.expand(batch, *v.shape[1:]), i)
+            # create the layer with an empty update, then hold the batch-1 tensors expanded (views):
+            # `update` would concatenate, i.e. copy them batch times on every forward
+            cross.update(k[:, :, :0], v[:, :, :0], i)
+            cross.layers[i].keys = k.expand(batch, *k.shape[1:])
+            cross.layers[i].values = v.expand(batch, *v.shape[1:])
         cache = EncoderDecoderCache(DynamicCache(), cross)
         for i in range(len(self._context[key])):
             cache.is_updated[i] = True
