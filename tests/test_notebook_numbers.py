@@ -86,7 +86,7 @@ def test_05_interpolation_numbers(gemma):
         assert float(lerp(dti, wolf, t).double().norm()) < float(expect)
 
 
-def test_06_trained_tokens_whisper_numbers(tmp_path):
+def test_06_trained_tokens_whisper_numbers():
     """Notebook 06: on the Whisper decoder DTI's norm is m* at every step, TI's grows and the high-lr
     TI passes 8 m*; the per-block angles, probe accuracies and the live recomputation agree with
     the committed trained-angles / trained-probe outputs."""
@@ -110,10 +110,10 @@ def test_06_trained_tokens_whisper_numbers(tmp_path):
     ra = _json(model, "trained-angles", "results.json")
     ang = {k: next(r["mean_angle_deg"] for r in ra["rows"] if r["scale"] is None and r["concept"].endswith(f"({s})"))
            for k, s in runs.items()}
-    ANGLE_ORDER
+    assert ang["dti"] > 1.2 * ang["ti"] and ang["ti"] > ang["high"]  # Effect II: 61.3 > 47.5 > 27.8 deg
     pp = _json(model, "trained-probe", "results.json")
     acc = {k: next(v for n, v in pp["embeddings"].items() if n.endswith(f"({s})")) for k, s in runs.items()}
-    PROBE_ORDER
+    assert acc["dti"] >= 0.95 and acc["ti"] <= 0.05 and acc["high"] <= 0.05 and pp["baseline_accuracy"] >= 0.95
     # the notebook's live cell: the same tokens on four prompts through the public API
     enc = load_encoder(model)
     batch = enc.encode(["a photo of a fox in the snow", "the fox ran into the forest", "a small fox with a silver tail",
@@ -127,4 +127,6 @@ def test_06_trained_tokens_whisper_numbers(tmp_path):
             enc.forward(batch["input_ids"], batch["attention_mask"])
         live[k] = sum(angle_deg(cache[f"blocks.{i}.resid_pre"][where], cache[f"blocks.{i}.resid_post"][where]).mean().item()
                       for i in range(enc.n_blocks)) / enc.n_blocks
-    LIVE_ORDER
+    assert live["dti"] > live["ti"] > live["high"]
+    for k in runs:  # four prompts vs the committed 45 templates x 6 words: close, not equal
+        assert live[k] == pytest.approx(ang[k], abs=3.0)
