@@ -146,23 +146,71 @@ class Encoder:
 
     # ---- forward -------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask=None, **kwargs):
-        """Run the text encoder (for causal LMs, the transformer without the LM head)."""
-        if self.family.name == "whisper-decoder":
-            kwargs.setdefault("encoder_hidden_states", self._audio_context(input_ids.shape[0]))
+        """Run the text encoder (for causal LMs, the transformer without the LM head).
+
+        Whisper's decoder gets the silent-audio context (see `_audio_context`) with its
+        cross-attention keys/values precomputed once per loaded model (`_cross_cache`): the same
+        numbers as projecting the encoder states on every forward, at a fraction of the cost."""
+        if self.family.name == "whisper-decoder" and "encoder_hidden_states" not in kwargs:
+            batch = input_ids.shape[0] if input_ids is not None else kwargs["inputs_embeds"].shape[0]
+            kwargs["encoder_hidden_states"] = self._audio_context(batch)
+            if kwargs.get("use_cache", True) is not False and not any(k in kwargs for k in ("cache", "past_key_values")):
+                kwargs[self._cache_kw()] = self._cross_cache(batch)
+                kwargs["use_cache"] = True
         return self.root(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def _audio_context(self, batch: int):
         """Whisper's decoder cross-attends to audio; geomkit analyses text, so it gives the
-        decoder the encoder's states for 30 s of silence, computed once."""
+        decoder the encoder's states for 30 s of silence, computed once per loaded model
+        (and again only if the model moves to another device or dtype)."""
         import torch
 
-        if "audio" not in self._context:
+        key = ("audio", str(self.device), str(self.dtype))
+        if key not in self._context:
             cfg = self.model.config
             with torch.no_grad():
-                mel = torch.zeros(1, cfg.num_mel_bins, 2 * cfg.max_source_positions, dtype=self.dtype)
-                self._context["audio"] = self.model.model.encoder(mel).last_hidden_state
-        ctx = self._context["audio"]
+                mel = torch.zeros(1, cfg.num_mel_bins, 2 * cfg.max_source_positions, dtype=self.dtype, device=self.device)
+                self._context[key] = self.model.model.encoder(mel).last_hidden_state
+        ctx = self._context[key]
         return ctx.expand(batch, *ctx.shape[1:])
+
+    def _cache_kw(self) -> str:
+        import inspect
+
+        params = inspect.signature(self.root.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+    def _cross_cache(self, batch: int):
+        """A fresh transformers `EncoderDecoderCache` whose cross-attention part already holds
+        every decoder block's keys/values of the silent audio (projected once per loaded model,
+        then expanded, not copied, to the batch); its self-attention part starts empty, so the
+        forward is an ordinary full-sequence one."""
+        import torch
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        key = ("cross_kv", str(self.device), str(self.dtype))
+        if key not in self._context:
+            ctx = self._audio_context(1)
+            kv = []
+            with torch.no_grad():
+                for block in self.blocks:
+                    att = block.encoder_attn
+                    shape = (1, -1, att.num_heads, att.head_dim)
+                    k = att.k_proj(ctx).view(shape).transpose(1, 2).contiguous()
+                    v = att.v_proj(ctx).view(shape).transpose(1, 2).contiguous()
+                    kv.append((k, v))
+            self._context[key] = kv
+        cross = DynamicCache()
+        for i, (k, v) in enumerate(self._context[key]):
+            # create the layer with an empty update, then hold the batch-1 tensors expanded (views):
+            # `update` would concatenate, i.e. copy them batch times on every forward
+            cross.update(k[:, :, :0], v[:, :, :0], i)
+            cross.layers[i].keys = k.expand(batch, *k.shape[1:])
+            cross.layers[i].values = v.expand(batch, *v.shape[1:])
+        cache = EncoderDecoderCache(DynamicCache(), cross)
+        for i in range(len(self._context[key])):
+            cache.is_updated[i] = True
+        return cache
 
     @property
     def dtype(self):

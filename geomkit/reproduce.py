@@ -38,6 +38,54 @@ def _sizes(quick: bool) -> dict:
                 templates="0", tokens="200", steps="300", batch="4", att_scales="")
 
 
+# Trained tokens where the architecture shows Effects I/II (issue 10): TI and DTI on the Whisper
+# decoder at the paper's settings, a TI run at a higher learning rate so its norm reaches a large
+# multiple of m*, and the same high-norm TI on Gemma; then angles, probe and neighbours of the tokens.
+WHISPER_STEPS = {"full": "500", "quick": "20"}
+HIGH_LR = {"whisper-tiny-en": "5e-2", "gemma3-270m": "5e-2"}
+GEMMA_HIGHLR_STEPS = "40"  # lr 5e-2 lifts the norm ~3x in 5 steps; ~3 s a step on an idle 2-core CPU, not run with --quick
+
+
+def _train(model: str, method: str, steps: str, batch: str, lr: Optional[str] = None) -> list:
+    argv = ["train", "--objective", "lm", "--method", method, "--model", model, "--texts", CONCEPT,
+            "--placeholder", PLACEHOLDER, "--init-word", "fox", "--related", CONCEPT, "--steps", steps,
+            "--batch-size", batch, "--seed", "42", "--quiet"]
+    return argv + (["--lr", lr] if lr else [])
+
+
+def trained_token_steps(root: Path, quick: bool) -> list[Step]:
+    """Steps of the trained-token experiments (issue 10), after the per-model steps they reuse."""
+    s = _sizes(quick)
+    steps: list[Step] = []
+    wh, gem = "whisper-tiny-en", "gemma3-270m"
+    wsteps, wbatch = WHISPER_STEPS["quick" if quick else "full"], "4"
+    steps.append(Step("train-ti", wh, _train(wh, "ti", wsteps, wbatch)))
+    steps.append(Step("train-dti", wh, _train(wh, "dti", wsteps, wbatch)))
+    steps.append(Step("train-ti-highlr", wh, _train(wh, "ti", wsteps, wbatch, HIGH_LR[wh])))
+    if not quick:
+        steps.append(Step("train-ti-highlr", gem, _train(gem, "ti", GEMMA_HIGHLR_STEPS, "4", HIGH_LR[gem])))
+    for model in (wh, gem):
+        if quick and model == gem:
+            continue
+        files = [str(root / model / n / "learned_embeds.safetensors") for n in ("train-ti", "train-dti", "train-ti-highlr")]
+        # the words also at large m, so the README's large-m angles have a committed source
+        scales = "1,16" if quick else "1,16,64,256"
+        angles = ["residual-angles", "--model", model, "--scales", scales, "--words", s["words"], "--embedding", *files]
+        if s["templates"] != "0":
+            angles += ["--max-prompts", s["templates"]]
+        steps.append(Step("trained-angles", model, angles, figure="residual_angles.png"))
+        # the probe the probe-position step trained on the same prompts, evaluated (never retrained or rewritten)
+        probe = ["probe-position", "--model", model, "--scales", "1", "--embedding", *files,
+                 "--load-probe", str(root / model / "probe-position" / "probe")]
+        if s["max_prompts"] != "0":
+            probe += ["--max-prompts", s["max_prompts"]]
+        if model == gem:
+            probe += ["--site", GEMMA_SITE]
+        steps.append(Step("trained-probe", model, probe, figure="position_probe.png"))
+        steps.append(Step("trained-neighbors", model, ["neighbors", "--model", model, "-k", "10", "--embedding", *files]))
+    return steps
+
+
 def plan(root: Path, quick: bool) -> list[Step]:
     s = _sizes(quick)
     steps: list[Step] = []
@@ -72,7 +120,7 @@ def plan(root: Path, quick: bool) -> list[Step]:
         steps.append(Step("attenuation", model, att, figure="attenuation.png"))
     for mode in ("slerp", "lerp"):
         steps.append(Step(f"interpolate-{mode}", "gemma3-270m", ["interpolate", ti_file, dti_file, "--mode", mode]))
-    return steps
+    return steps + trained_token_steps(root, quick)
 
 
 def step_dir(root: Path, step: Step) -> Path:
@@ -254,6 +302,7 @@ def claims(root: Path) -> list[dict]:
             row("Effect II: DTI tokens turn more per block than TI tokens", "TI 21.33 deg, DTI 33.52 deg (1.57x)", model,
                 f"TI {ti['mean_angle_deg']:.2f} deg, DTI {dti['mean_angle_deg']:.2f} deg ({_fmt(ratio, '.2f')}x)",
                 "yes" if ratio and ratio > 1.05 else "no", "residual-angles")
+    trained_token_claims(root, row)
     # Lemma 1
     for model in MODELS:
         at = _load(root, model, "attenuation")
@@ -283,9 +332,124 @@ def claims(root: Path) -> list[dict]:
     return rows
 
 
+TRAINED = (("ti", "train-ti"), ("dti", "train-dti"), ("ti-highlr", "train-ti-highlr"))
+
+
+def _trained_pick(mapping, step: str):
+    """The value for the token trained by `step` in a {label: value} mapping (labels end "(step)")."""
+    for k, v in (mapping or {}).items():
+        if k.endswith(f"({step})") or k.endswith(step):
+            return v
+    return None
+
+
+def trained_token_claims(root: Path, row) -> None:
+    """Rows for tokens trained on Whisper (and Gemma's high-norm TI) by the trained-* steps (issue 10)."""
+    for model in ("whisper-tiny-en", "gemma3-270m"):
+        runs = {k: _load(root, model, step) for k, step in TRAINED}
+        if not runs["ti-highlr"]:
+            continue
+        m_star = runs["dti"]["m_star"][0] if runs["dti"] else runs["ti-highlr"]["m_star"][0]
+        norm = {k: (r["final_norm"][0] if r else None) for k, r in runs.items()}
+        x = {k: (n / m_star if n is not None else None) for k, n in norm.items()}
+        nsteps = {k: (r["steps"] if r else None) for k, r in runs.items()}
+        lr = {k: (r["lr"] if r else None) for k, r in runs.items()}
+        tag = "" if model == "whisper-tiny-en" else " (with a high-norm TI token)"
+        if model == "whisper-tiny-en" and runs["ti"] and runs["dti"]:
+            ratio = x["ti"]
+            verdict = "yes" if ratio > 3 else ("partly: grows, far less than in CLIP" if ratio > 1.2 else "no")
+            row("Fig. 1a: TI norms far exceed the vocabulary's", "> 20 vs mean 0.4 (about 50x)", model,
+                f"after {nsteps['ti']} steps at lr {lr['ti']:g}: TI {norm['ti']:.3f} ({x['ti']:.2f}x m* {m_star:.3f}), "
+                f"DTI {norm['dti']:.3f} ({x['dti']:.2f}x); TI at lr {lr['ti-highlr']:g}: {norm['ti-highlr']:.3f} "
+                f"({x['ti-highlr']:.1f}x)", verdict, "train-ti, train-dti, train-ti-highlr")
+
+            def mean_drift(r):
+                d = r.get("drift") or {}
+                return sum(d.values()) / len(d) if d else None
+            a, b, c = mean_drift(runs["ti"]), mean_drift(runs["dti"]), mean_drift(runs["ti-highlr"])
+            row("Fig. 1b: TI drifts away from related words; DTI keeps its direction", "TI cat moves away from cat/kitten",
+                model, f"mean cosine to related words: TI {_fmt(a, '.3f')}, DTI {_fmt(b, '.3f')}, high-lr TI {_fmt(c, '.3f')}; "
+                f"angle from init: TI {runs['ti']['angle_from_init_deg']:.1f} deg, DTI {runs['dti']['angle_from_init_deg']:.1f} deg, "
+                f"high-lr TI {runs['ti-highlr']['angle_from_init_deg']:.1f} deg",
+                "yes" if (a is not None and b is not None and b > a) else "no", "train-ti, train-dti, train-ti-highlr")
+            row("LM objective: final loss (glimmerfox corpus)", "n/a (diffusion in the paper)", model,
+                f"mean of the last 10 steps: TI {runs['ti']['final_loss_mean10']:.3f}, DTI {runs['dti']['final_loss_mean10']:.3f}, "
+                f"high-lr TI {runs['ti-highlr']['final_loss_mean10']:.3f} after {nsteps['ti']} steps (first 10: "
+                f"{runs['ti']['first_loss_mean10']:.3f})", "n/a", "train-ti, train-dti, train-ti-highlr")
+        ra = _load(root, model, "trained-angles")
+        if ra:
+            ang = {k: next((r["mean_angle_deg"] for r in ra["rows"] if r["scale"] is None and
+                            r["concept"].endswith(f"({step})")), None) for k, step in TRAINED}
+            vocab = {g["scale"]: g["mean_angle_deg"] for g in ra["by_scale"] if g["concept"] == "<vocabulary>"}
+            words = ", ".join(f"m={m:g}: {a:.2f}" for m, a in vocab.items())
+            if ang["dti"] and ang["ti"] and ang["ti-highlr"]:
+                r1, r2 = ang["dti"] / ang["ti"], ang["dti"] / ang["ti-highlr"]
+                verdict = ("yes" if r1 > 1.05 else
+                           (f"partly: only the high-norm TI token ({x['ti-highlr']:.1f}x m*) turns less" if r2 > 1.05 else "no"))
+                if model == "gemma3-270m" and r2 <= 1.05:
+                    verdict += " (Gemma: the angle does not fall as the norm grows, see the scaled-word rows)"
+                row("Effect II: DTI tokens turn more per block than TI tokens" + tag, "TI 21.33 deg, DTI 33.52 deg (1.57x)", model,
+                    f"mean per-block angle: DTI {ang['dti']:.2f} deg (norm {x['dti']:.2f}x m*), TI {ang['ti']:.2f} deg "
+                    f"({x['ti']:.2f}x m*; DTI/TI {r1:.2f}x), high-lr TI {ang['ti-highlr']:.2f} deg ({x['ti-highlr']:.1f}x m*; "
+                    f"DTI/TI {r2:.2f}x); vocabulary words scaled by m: {words} deg", verdict, "trained-angles")
+        pp = _load(root, model, "trained-probe")
+        if pp and pp.get("embeddings"):
+            acc = {k: _trained_pick(pp["embeddings"], step) for k, step in TRAINED}
+            if None not in acc.values():
+                verdict = ("yes" if acc["dti"] > acc["ti"] + 0.05 else
+                           ("partly: only the high-norm TI token loses position" if acc["dti"] > acc["ti-highlr"] + 0.05 else "no"))
+                row("Fig. 2: TI tokens lose position, DTI tokens keep it" + tag, "TI near 0%, DTI recoverable", model,
+                    f"probe accuracy at the token's position: DTI {acc['dti']:.1%}, TI {acc['ti']:.1%} ({x['ti']:.2f}x m*), "
+                    f"high-lr TI {acc['ti-highlr']:.1%} ({x['ti-highlr']:.1f}x m*); words {pp['baseline_accuracy']:.1%}, "
+                    f"chance {pp['chance']:.1%} (site {pp['site']})", verdict, "trained-probe")
+        nb = _load(root, model, "trained-neighbors")
+        if nb:
+            parts = []
+            for k, step in TRAINED:
+                q = _trained_pick(nb["queries"], step)
+                if q:
+                    parts.append(f"{k}: " + ", ".join(e["token"].strip() for e in q["cosine"][:4]))
+            row("Trained tokens: nearest vocabulary tokens by cosine", "n/a", model, "; ".join(parts), "n/a", "trained-neighbors")
+
+
+def trained_norms_figure(root: Path, model: str):
+    """Norm / m* against step for the trained-token runs of a model, or None when none ran."""
+    from geomkit.report import figure
+
+    logs = {}
+    for label, step in TRAINED:
+        f = root / model / step / "train_log.jsonl"
+        r = _load(root, model, step)
+        if f.exists() and r:
+            rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+            logs[label] = ([x["step"] for x in rows], [x["norm"] / r["m_star"][0] for x in rows], r["lr"])
+    if not logs:
+        return None
+    fig, ax = figure(6.4, 4.0)
+    styles = {"ti": ("C1", "-"), "dti": ("C0", "-"), "ti-highlr": ("C3", "--")}
+    names = {"ti": "TI", "dti": "DTI", "ti-highlr": "TI, high lr"}
+    for label, (steps, norms, lr) in logs.items():
+        c, ls = styles[label]
+        ax.plot(steps, norms, color=c, linestyle=ls, label=f"{names[label]} (lr {lr:g})")
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":", label="m* (vocabulary mean norm)")
+    ax.axhline(8.0, color="grey", linewidth=0.8, linestyle="-.", label="8 m*")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("norm of the learned token / m*")
+    ax.set_title(f"{model}: LM objective, glimmerfox corpus, batch 4, seed 42")
+    ax.legend(fontsize=8)
+    return fig
+
+
 def write_report(root: Path, figures: Path, steps: list[Step], status: list[dict], quick: bool) -> Path:
     from geomkit.report import markdown_table, write_json, write_text
 
+    from geomkit.report import save_figure
+
+    for model in ("whisper-tiny-en", "gemma3-270m"):
+        fig = trained_norms_figure(root, model)
+        if fig is not None:
+            save_figure(figures / f"trained-norms-{model}.png", fig)
     rows = claims(root)
     commands = {(st.name, st.model): command_line(st) for st in steps}
     table = [{"claim": r["claim"], "paper": r["paper"], "model": r["model"], "geomkit": r["geomkit"], "agrees": r["agrees"],

@@ -84,3 +84,49 @@ def test_05_interpolation_numbers(gemma):
         expect = (1 - t) * dti.double().norm() + t * wolf.double().norm()
         assert float(slerp(dti, wolf, t).double().norm()) == pytest.approx(float(expect), rel=1e-5)
         assert float(lerp(dti, wolf, t).double().norm()) < float(expect)
+
+
+def test_06_trained_tokens_whisper_numbers():
+    """Notebook 06: on the Whisper decoder DTI's norm is m* at every step, TI's grows and the high-lr
+    TI passes 8 m*; the per-block angles, probe accuracies and the live recomputation agree with
+    the committed trained-angles / trained-probe outputs."""
+    import torch
+    from safetensors.torch import load_file
+
+    from geomkit.geometry import angle_deg
+    from geomkit.hooks import capture, inject
+    from geomkit.models import load_encoder
+
+    model = "whisper-tiny-en"
+    runs = {"ti": "train-ti", "dti": "train-dti", "high": "train-ti-highlr"}
+    res = {k: _json(model, s, "results.json") for k, s in runs.items()}
+    m_star = res["dti"]["m_star"][0]
+    log = [json.loads(l) for l in (RESULTS / model / "train-dti" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == res["dti"]["steps"] >= 500
+    assert all(abs(r["norm"] - m_star) < 1e-6 * m_star for r in log)
+    assert res["ti"]["steps"] >= 500 and res["ti"]["lr"] == 5e-3 and res["ti"]["batch_size"] == 4
+    assert res["ti"]["final_norm"][0] > 1.5 * m_star
+    assert res["high"]["final_norm"][0] >= 8 * m_star
+    ra = _json(model, "trained-angles", "results.json")
+    ang = {k: next(r["mean_angle_deg"] for r in ra["rows"] if r["scale"] is None and r["concept"].endswith(f"({s})"))
+           for k, s in runs.items()}
+    assert ang["dti"] > 1.2 * ang["ti"] and ang["ti"] > ang["high"]  # Effect II: 61.3 > 47.5 > 27.8 deg
+    pp = _json(model, "trained-probe", "results.json")
+    acc = {k: next(v for n, v in pp["embeddings"].items() if n.endswith(f"({s})")) for k, s in runs.items()}
+    assert acc["dti"] >= 0.95 and acc["ti"] <= 0.05 and acc["high"] <= 0.05 and pp["baseline_accuracy"] >= 0.95
+    # the notebook's live cell: the same tokens on four prompts through the public API
+    enc = load_encoder(model)
+    batch = enc.encode(["a photo of a fox in the snow", "the fox ran into the forest", "a small fox with a silver tail",
+                        "my friend saw a fox last night"])
+    where = batch["input_ids"] == enc.token_id("fox")
+    sites = [f"blocks.{i}.{s}" for i in range(enc.n_blocks) for s in ("resid_pre", "resid_post")]
+    live = {}
+    for k, s in runs.items():
+        vec = load_file(str(RESULTS / model / s / "learned_embeds.safetensors"))["<glimmerfox>"].reshape(-1)
+        with torch.no_grad(), inject(enc, vec, mask=where), capture(enc, sites) as cache:
+            enc.forward(batch["input_ids"], batch["attention_mask"])
+        live[k] = sum(angle_deg(cache[f"blocks.{i}.resid_pre"][where], cache[f"blocks.{i}.resid_post"][where]).mean().item()
+                      for i in range(enc.n_blocks)) / enc.n_blocks
+    assert live["dti"] > live["ti"] > live["high"]
+    for k in runs:  # four prompts vs the committed 45 templates x 6 words: close, not equal
+        assert live[k] == pytest.approx(ang[k], abs=3.0)

@@ -32,6 +32,20 @@ def test_reproduce_quick_writes_report_and_resumes(tmp_path, capsys):
     att = json.loads((results / "minilm-l6" / "attenuation" / "results.json").read_text())
     assert f"slope {att['loglog_slope']:.3f}" in lemma1["geomkit"]
     assert len(list(figures.glob("probe-position-*.png"))) == 3
+    # trained tokens on Whisper (issue 10): the two claims have rows, and the numbers are the step outputs'
+    whisper = {r["claim"]: r for r in rows if r["model"] == "whisper-tiny-en"}
+    effect2 = whisper["Effect II: DTI tokens turn more per block than TI tokens"]
+    fig2 = whisper["Fig. 2: TI tokens lose position, DTI tokens keep it"]
+    ra = json.loads((results / "whisper-tiny-en" / "trained-angles" / "results.json").read_text())
+    dti_angle = next(r["mean_angle_deg"] for r in ra["rows"] if r["scale"] is None and r["concept"].endswith("(train-dti)"))
+    assert f"DTI {dti_angle:.2f} deg" in effect2["geomkit"] and effect2["step"] == "trained-angles"
+    pp = json.loads((results / "whisper-tiny-en" / "trained-probe" / "results.json").read_text())
+    dti_acc = next(v for k, v in pp["embeddings"].items() if k.endswith("(train-dti)"))
+    assert f"DTI {dti_acc:.1%}" in fig2["geomkit"]
+    wdti = [json.loads(line) for line in (results / "whisper-tiny-en" / "train-dti" / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["norm"] == pytest.approx(wdti[0]["norm"], rel=1e-6) for r in wdti)
+    assert (figures / "trained-norms-whisper-tiny-en.png").exists()
+    assert not (results / "gemma3-270m" / "train-ti-highlr").exists()  # too slow for --quick: not run there
     # resumable: a second run reuses every finished step
     capsys.readouterr()
     assert main(argv) == 0

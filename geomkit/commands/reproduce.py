@@ -7,7 +7,9 @@ ORDER = 90
 HELP = "re-measure the paper's claims on the real models: figures/, probes/ and figures/REPORT.md"
 DESCRIPTION = (
     "Runs neighbors, norms, probe-position, residual-angles and attenuation on gemma3-270m, minilm-l6 and "
-    "whisper-tiny-en, trains TI and DTI tokens on Gemma with the LM objective and interpolates them, then writes "
+    "whisper-tiny-en, trains TI and DTI tokens on Gemma with the LM objective and interpolates them, trains TI, DTI and a high-lr TI "
+    "on the Whisper decoder (and a high-lr TI on Gemma; not with --quick) and measures their per-block angles, "
+    "position probe and neighbours, then writes "
     "figures/REPORT.md: claim, the paper's number, geomkit's number per model, agreement. Finished steps are reused."
 )
 

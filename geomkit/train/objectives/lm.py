@@ -7,6 +7,10 @@ would only dilute the reported loss). Targets that are the placeholder itself (i
 LM head) and padding are not scored: the model predicts the words around the new token, and
 only the token's input embedding is learned.
 
+Whisper tiny.en works the same way on its text decoder (the encoder-decoder model's decoder, given
+the encoder states of 30 s of silence, as every geomkit command gives it; its LM head is tied to
+the token embedding).
+
 The LM head (262,144 x 640 for Gemma 3) is applied to the scored positions only: the model runs
 with `logits_to_keep=1`, the final normalisation's output is captured through the hooking layer,
 and the head and cross-entropy are computed here (identical to the model's own loss with the
@@ -55,6 +59,9 @@ class LMObjective:
         if self.enc.site_module("final_norm") is None:
             raise GeomkitError(f"--objective lm: {cfg.model} has no final normalisation site in geomkit's tables")
         self.keep_kw = "logits_to_keep" if "logits_to_keep" in inspect.signature(enc.model.forward).parameters else None
+        # Whisper: the LM is the text decoder, conditioned on the encoder's silent-audio states;
+        # `Encoder.forward` supplies them (cross-attention keys/values computed once per model).
+        self.decoder_only_forward = enc.family.name == "whisper-decoder"
 
     def setup(self, slots) -> None:
         slot = slots[0]
@@ -106,7 +113,10 @@ class LMObjective:
         kwargs = {self.keep_kw: 1} if self.keep_kw else {}
         with inject(self.enc, vectors[0], token_ids=slots[0].token_ids), \
                 capture(self.enc, ["final_norm"], detach=False) as cache:
-            self.enc.model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
+            if self.decoder_only_forward:
+                self.enc.forward(ids, mask)
+            else:
+                self.enc.model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
         hidden = cache["final_norm"][rows, pos]
         logits = F.linear(hidden, self.head.weight, self.head.bias)
         if self.softcap:
