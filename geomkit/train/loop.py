@@ -109,27 +109,36 @@ def _say(msg: str, main: bool = True) -> None:
         print(f"geomkit train: {msg}", file=sys.stderr, flush=True)
 
 
-def _metrics(slot) -> dict:
-    import torch
-
+def _metrics(slot, e=None, ref=None) -> dict:
+    """A log line's geometry of one slot, in float64 on the CPU. `e`: its rows already copied to
+    the CPU; `ref`: (init, mu) in float64 on the CPU, computed once (see `_log_line`)."""
     from geomkit.geometry import angle_deg, cosine
 
-    e = slot.embedding().double()
+    e = (slot.embedding() if e is None else e).double()
+    init, mu = ref if ref is not None else (slot.init.double(), slot.mu.detach().cpu().double())
     return {
         "norm": float(e.norm(dim=-1).mean()),
-        "angle_from_init_deg": float(angle_deg(e, slot.init.double()).mean()),
-        "cos_to_prior": float(cosine(e, slot.mu.detach().cpu().double()[None].expand_as(e)).mean()),
-        "_finite": bool(torch.isfinite(e).all()),
+        "angle_from_init_deg": float(angle_deg(e, init).mean()),
+        "cos_to_prior": float(cosine(e, mu[None].expand_as(e)).mean()),
     }
 
 
-def _log_line(step, loss, lr, slots) -> dict:
+def _log_line(step, loss, lr, slots, refs=None) -> dict:
+    """The step's log line. Every slot's rows reach the CPU in one copy (one device sync for all
+    text encoders), and the reference directions are passed in once per run (`refs`), so the
+    line costs a few small float64 operations on the CPU per step."""
+    import torch
+
+    rows = [s.vectors().detach() for s in slots]
+    flat = torch.cat([r.reshape(-1) for r in rows]).to("cpu", torch.float32)  # one copy, as slot.embedding()
     line = {"step": step, "loss": loss}
-    for k, slot in enumerate(slots):
+    offset = 0
+    for k, (slot, r) in enumerate(zip(slots, rows)):
+        e = flat[offset: offset + r.numel()].view(r.shape)
+        offset += r.numel()
         suffix = "" if k == 0 else f"_{k + 1}"
-        for key, value in _metrics(slot).items():
-            if not key.startswith("_"):
-                line[key + suffix] = value
+        for key, value in _metrics(slot, e, refs[k] if refs is not None else None).items():
+            line[key + suffix] = value
     line["lr"] = lr
     return line
 
@@ -290,6 +299,8 @@ class Session:
         self.autocast = (lambda: torch.autocast(device_type, dtype=half)) if half is not None else nullcontext
         self.scaler = torch.amp.GradScaler(device_type) if cfg.mixed_precision == "fp16" else None
         self.micro_batch = _resolve_micro_batch(self, cfg.micro_batch_size)
+        # the log's reference directions, in float64 on the CPU once (not copied every step)
+        self._refs = [(s.init.double(), s.mu.detach().cpu().double()) for s in self.slots]
 
     def step(self, step: int) -> dict:
         """One optimisation step (1-based); its log line. Raises NonFinite (nothing updated).
@@ -353,7 +364,7 @@ class Session:
         opt.zero_grad(set_to_none=True)
         if reg_on:  # log the data term, averaged over processes
             value = host[1]
-        return _log_line(step, value, lr, slots)
+        return _log_line(step, value, lr, slots, self._refs)
 
     def trial_chunk(self, n: int) -> None:
         """Forward + backward of one micro-batch of n examples of step 1's draw, then the gradients
