@@ -198,6 +198,112 @@ def loop_ratio(config, steps, sync) -> dict:
             "command_over_session": statistics.median(period) / statistics.median(durs[2:-1])}
 
 
+# ---- memory estimate without the hardware (--estimate) -----------------------------------------
+# The step is traced on the `meta` device (shapes and dtypes only, no weights allocated, seconds on a
+# CPU): weights + the tensors autograd keeps for backward (counted once per storage, the frozen
+# weights excluded), under a small stand-in for CUDA autocast (matmuls/convs in the half dtype,
+# norms and softmax in float32) and a flash-attention stand-in (saves q, k, v, out and the
+# log-sum-exp, as PyTorch's fused CUDA kernels do). Checked against the H200 measurements of the
+# SDXL-sized floor (see the README): the estimate is a few per cent low.
+
+
+def _estimate(size: str, batch: int, res: int, micro=None, ckpt=False, lean=True, precision="bf16") -> dict:
+    import logging
+
+    import torch
+    import torch.nn.functional as F
+    from diffusers import UNet2DConditionModel
+    from torch.overrides import TorchFunctionMode
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from geomkit import tiny
+
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    low = {F.linear, F.conv2d, torch.matmul, torch.bmm, torch.baddbmm, torch.Tensor.matmul, torch.addmm}
+    high = {F.group_norm, F.layer_norm, F.softmax, torch.softmax, torch.Tensor.softmax}
+
+    class FlashLike(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+            ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+            return out
+
+        @staticmethod
+        def backward(ctx, g):
+            q, k, v = ctx.saved_tensors[:3]
+            return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def cast(x, dtype):
+        return x.to(dtype) if torch.is_tensor(x) and x.is_floating_point() else x
+
+    class MiniAutocast(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in low or func in high:
+                dtype = half if func in low else torch.float32
+                args = tuple(cast(a, dtype) for a in args)
+                kwargs = {k: cast(v, dtype) for k, v in kwargs.items()}
+            elif func is F.scaled_dot_product_attention:
+                return FlashLike.apply(*(a.to(half) for a in args[:3]))
+            return func(*args, **kwargs)
+
+    sdxl, unet_cfg, enc_cfgs, _, _ = tiny.PIPELINE_SIZES[size]
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**unet_cfg).to(half).eval().requires_grad_(False)
+        encs = []
+        for k, e in enumerate(enc_cfgs):
+            c = tiny.clip_text_config(hidden=e["hidden"], layers=e["layers"], heads=e["heads"], projection_dim=e["projection_dim"])
+            c.intermediate_size, c.hidden_act = e["intermediate_size"], e["hidden_act"]
+            m = (CLIPTextModelWithProjection if k == 1 else CLIPTextModel)(c).eval().requires_grad_(False)
+            encs.append(m.to(half) if lean else m)
+    if ckpt:
+        unet.enable_gradient_checkpointing()
+    models = [unet, *encs]
+    weights = sum(p.numel() * p.element_size() for m in models for p in m.parameters())
+    frozen = {p.untyped_storage()._cdata for m in models for p in m.parameters()}
+    saved = {}
+
+    def pack(t):
+        key = t.untyped_storage()._cdata
+        if key not in frozen and key not in saved:
+            saved[key] = t.untyped_storage().nbytes()
+        return t
+
+    n, lat = micro or batch, res // 8
+    with torch.device("meta"):
+        leaves = [torch.zeros(m.config.hidden_size, requires_grad=True) for m in encs]  # the learned rows
+        for m, leaf in zip(encs, leaves):
+            m.get_input_embeddings().register_forward_hook(lambda mod, i, o, leaf=leaf: o.detach() + leaf.to(o.dtype))
+        ids, t = torch.zeros(n, 77, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+        noisy, target = torch.zeros(n, 4, lat, lat, dtype=half), torch.zeros(n, 4, lat, lat)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x), MiniAutocast():
+            if sdxl:
+                o1, o2 = encs[0](ids, output_hidden_states=True), encs[1](ids, output_hidden_states=True)
+                cond = torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], -1)
+                added = {"text_embeds": o2.text_embeds.to(half), "time_ids": torch.zeros(n, 6, dtype=half)}
+                pred = unet(noisy, t, cond.to(half), added_cond_kwargs=added).sample
+            else:
+                pred = unet(noisy, t, encs[0](ids)[0].to(half)).sample
+            F.mse_loss(pred.float(), target)
+    act = sum(saved.values())
+    return {"weights_gib": weights / 2**30, "activations_gib": act / 2**30, "total_gib": (weights + act) / 2**30}
+
+
+def estimate_table(size: str, batch: int, res: int, precision: str) -> list:
+    rows = []
+    for name, kw in [("full, fp32 frozen encoders", dict(lean=False)), ("full", {}), ("micro 2", dict(micro=2)),
+                     ("micro 1", dict(micro=1)), ("full + ckpt", dict(ckpt=True)), ("micro 2 + ckpt", dict(micro=2, ckpt=True)),
+                     ("micro 1 + ckpt", dict(micro=1, ckpt=True)), ("full, fp32 frozen encoders + ckpt", dict(lean=False, ckpt=True))]:
+        if kw.get("micro") and batch % kw["micro"]:
+            continue
+        r = _estimate(size, batch, res, precision=precision, **kw)
+        rows.append({"mode": name, "weights GiB": f"{r['weights_gib']:.2f}", "kept for backward GiB": f"{r['activations_gib']:.2f}",
+                     "estimated peak GiB": f"{r['total_gib']:.1f}"})
+    return rows
+
+
 def build(size: str, work: Path) -> Path:
     from geomkit import tiny
 
@@ -238,6 +344,8 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=None, help="folder for the pipeline and images (kept; default: a temp folder)")
     p.add_argument("--json", default=None, help="also write the rows here")
     p.add_argument("--no-loop", action="store_true", help="skip the command-loop measurement")
+    p.add_argument("--estimate", action="store_true",
+                   help="only estimate each mode's peak GPU memory at this size (meta-device trace; seconds on a CPU)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--mode-spec", default=None, help=argparse.SUPPRESS)
     p.add_argument("--pipe", default=None, help=argparse.SUPPRESS)
@@ -255,6 +363,16 @@ def main(argv=None) -> int:
         warnings.filterwarnings("ignore")
         a.mode = a.worker
         print("ROW " + json.dumps(worker(a)), flush=True)
+        return 0
+
+    if a.estimate:
+        from geomkit.report import table_text
+
+        if a.size == "tiny" or a.precision == "no":
+            p.error("--estimate needs --size sd15 or sdxl and --precision bf16 or fp16")
+        print(f"geomkit bench_gpu --estimate: size {a.size}, {a.resolution} px, batch {a.batch}, {a.precision}: peak GPU "
+              "memory of one step, ESTIMATED on the meta device (no GPU; weights + tensors kept for backward)")
+        print(table_text(estimate_table(a.size, a.batch, a.resolution, a.precision)))
         return 0
 
     import torch
