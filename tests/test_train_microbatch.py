@@ -191,3 +191,30 @@ def test_compile_check_is_honest_about_this_machine():
     why = compile_unavailable(torch.device("cpu"))
     has_cxx = any(shutil.which(c) for c in ("g++", "clang++", "c++"))
     assert (why is None) == has_cxx
+
+
+@pytest.mark.parametrize("fits, chosen", [(4, 4), (3, 2), (1, 1), (0, None)])
+def test_auto_takes_the_largest_divisor_that_fits(fits, chosen, capsys):
+    """`auto` (CUDA only, so the out-of-memory errors are simulated here): accelerate's
+    find_executable_batch_size walks down the divisors of the batch size."""
+    from types import SimpleNamespace
+
+    from geomkit.errors import GeomkitError
+    from geomkit.train.loop import _resolve_micro_batch
+
+    tried = []
+
+    def trial_chunk(n):
+        tried.append(n)
+        if n > fits:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    sess = SimpleNamespace(cfg=SimpleNamespace(batch_size=4), dist=SimpleNamespace(main=True), trial_chunk=trial_chunk)
+    if chosen is None:
+        with pytest.raises(GeomkitError, match="not even a micro-batch of 1 fits"):
+            _resolve_micro_batch(sess, "auto")
+        assert tried == [4, 2, 1]
+        return
+    assert _resolve_micro_batch(sess, "auto") == chosen
+    assert tried == [d for d in (4, 2, 1) if d >= chosen]
+    assert f"--micro-batch-size auto: {chosen}" in capsys.readouterr().err

@@ -607,6 +607,7 @@ def _results(cfg, obj, slots, rows, unrescaled, log, seconds, step_times, relate
         "micro_batch_size_used": run_info["micro_batch_size_used"],
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "compile": cfg.compile,
+        "first_step_seconds": step_times[0] if step_times else None,  # includes compiling under --compile
     }
     if cfg.model == "gemma3-270m":
         res["note"] = "Gemma 3 270M weights are Q4_K_M-quantised (de-quantised to float32); Gemma terms of use apply"
