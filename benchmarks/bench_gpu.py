@@ -274,8 +274,9 @@ def _estimate(size: str, batch: int, res: int, micro=None, ckpt=False, lean=True
     n, lat = micro or batch, res // 8
     with torch.device("meta"):
         leaves = [torch.zeros(m.config.hidden_size, requires_grad=True) for m in encs]  # the learned rows
-        for m, leaf in zip(encs, leaves):
-            m.get_input_embeddings().register_forward_hook(lambda mod, i, o, leaf=leaf: o.detach() + leaf.to(o.dtype))
+        for m, leaf in zip(encs, leaves):  # the rows' gradient path (as geomkit.hooks.inject), without a hook
+            emb = m.get_input_embeddings()
+            emb.forward = lambda ids, emb=emb, leaf=leaf: type(emb).forward(emb, ids).detach() + leaf.to(emb.weight.dtype)
         ids, t = torch.zeros(n, 77, dtype=torch.long), torch.zeros(n, dtype=torch.long)
         noisy, target = torch.zeros(n, 4, lat, lat, dtype=half), torch.zeros(n, 4, lat, lat)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x), MiniAutocast():

@@ -79,15 +79,21 @@ def two_steps(sess, micro):
     sess.opt.state.clear()
     sess.micro_batch = micro
     calls = []
-    # a pre-hook: a non-reentrant recompute may stop early, before a forward hook would fire
-    handle = checkpointed_module(sess).register_forward_pre_hook(lambda *a: calls.append(1))
+    module = checkpointed_module(sess)
+    forward = module.forward
+
+    def counting(*a, **k):  # counted on entry: a non-reentrant recompute may stop early
+        calls.append(1)
+        return forward(*a, **k)
+
+    module.forward = counting  # (no hooks outside geomkit.hooks)
     try:
         rows, lines = [], []
         for k in (1, 2):
             lines.append(sess.step(k))
             rows.append([p.detach().clone() for p in sess.params])
     finally:
-        handle.remove()
+        del module.forward
     return rows, lines, len(calls)
 
 
