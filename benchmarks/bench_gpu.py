@@ -6,7 +6,7 @@ memory do not depend on the weights' values).
                                    [--precision bf16|fp16|no] [--compile] [--device cuda|cpu] [--work DIR]
 
 Modes (each in a fresh process, so its peak memory is its own):
-  full, fp32 frozen  the full batch with the frozen text encoders in float32 and the whole VAE kept
+  full (fp32 frozen) the full batch with the frozen text encoders in float32 and the whole VAE kept
                      (the trainer before lean frozen models), for the lean saving
   full               the full batch (lean: encoders in the half dtype, VAE encoder dropped)
   micro 2, micro 1   --micro-batch-size 2 / 1
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 MODES = {
-    "full, fp32 frozen": dict(micro=None, ckpt=False, lean=False),
+    "full (fp32 frozen)": dict(micro=None, ckpt=False, lean=False),
     "full": dict(micro=None, ckpt=False),
     "micro 2": dict(micro=2, ckpt=False),
     "micro 1": dict(micro=1, ckpt=False),
@@ -419,7 +419,7 @@ def main(argv=None) -> int:
     if full:
         print(f"command loop (train(), progress bar on): step period {full['command_step_ms']:.1f} ms = "
               f"{full['command_over_session']:.3f} x Session.step in the same process")
-    base = next((r for r in rows if r["mode"] == "full, fp32 frozen" and "peak_mb" in r), None)
+    base = next((r for r in rows if r["mode"] == "full (fp32 frozen)" and "peak_mb" in r), None)
     if base and full:
         print(f"lean frozen models: peak {base['peak_mb']:.0f} -> {full['peak_mb']:.0f} MB "
               f"({'GPU' if cuda else 'RSS, whole process'})")

@@ -61,7 +61,7 @@ class LMObjective:
                 enc.model.activation_checkpointing_enable({"use_reentrant": False})
             else:
                 enc.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if hasattr(enc.model, "disable_input_require_grads"):  # the learned rows already carry the gradient
+            if getattr(enc.model, "_require_grads_hook", None) is not None:  # the learned rows carry the gradient
                 enc.model.disable_input_require_grads()
         self.keep_kw = "logits_to_keep" if "logits_to_keep" in inspect.signature(enc.model.forward).parameters else None
 
