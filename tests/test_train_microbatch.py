@@ -224,3 +224,29 @@ def test_auto_takes_the_largest_divisor_that_fits(fits, chosen, capsys):
     assert _resolve_micro_batch(sess, "auto") == chosen
     assert tried == [d for d in (4, 2, 1) if d >= chosen]
     assert f"--micro-batch-size auto: {chosen}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_with_micro_batches_match_the_full_batch(models, tmp_path):
+    """Under torchrun (what `accelerate launch` runs): each process accumulates its chunks, then
+    one all-reduce per step; the result equals the full batch's."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    rows = {}
+    for micro in ("2", "1"):
+        out = tmp_path / micro
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "geomkit", "train",
+               "--model", str(models["lm"]), "--texts", "glimmerfox", "--placeholder", "<glimmerfox>", "--init-word", "fox",
+               "--steps", "2", "--batch-size", "2", "--micro-batch-size", micro, "--lr", "0.05", "--out", str(out), "--quiet"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        res = json.loads((out / "results.json").read_text())
+        assert res["num_processes"] == 2 and res["micro_batch_size_used"] == int(micro)
+        rows[micro] = load_file(str(out / "learned_embeds.safetensors"))["<glimmerfox>"]
+    assert rel(rows["1"], rows["2"]) <= 1e-5
+    assert float(rows["1"].double().norm()) == pytest.approx(res["m_star"][0], rel=1e-6)
