@@ -364,3 +364,86 @@ def save_sana_pipeline(dest: Path, seed: int = 0) -> Path:
     pipe = SanaPipeline(tokenizer=tok, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
     pipe.save_pretrained(dest)
     return Path(dest)
+
+
+# ---- full-size pipelines with random weights (benchmarks) --------------------------------------
+# The public configs of SD 1.5 and SDXL base (UNet, CLIP text encoders, VAE): speed and memory do
+# not depend on the weights' values, so a random pipeline of the right size measures what a
+# user's run costs. Building `sdxl` needs about 10 GB of memory (the UNet is built on the GPU
+# when one is present and saved in float16; encoders and VAE in float32).
+_SD15_UNET = dict(
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, sample_size=64, in_channels=4, out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
+)
+_SDXL_UNET = dict(
+    block_out_channels=(320, 640, 1280), layers_per_block=2, sample_size=128, in_channels=4, out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048, transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
+    addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816, norm_num_groups=32, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
+)
+_CLIP_L = dict(hidden=768, layers=12, heads=12, projection_dim=768, intermediate_size=3072, hidden_act="quick_gelu")
+_CLIP_G = dict(hidden=1280, layers=32, heads=20, projection_dim=1280, intermediate_size=5120, hidden_act="gelu")
+_VAE = dict(
+    block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
+)
+PIPELINE_SIZES = {
+    # size: (sdxl?, unet config, encoder configs, vae extra, default resolution)
+    "sd15": (False, _SD15_UNET, [_CLIP_L], dict(sample_size=512, scaling_factor=0.18215), 512),
+    "sdxl": (True, _SDXL_UNET, [_CLIP_L, _CLIP_G], dict(sample_size=1024, scaling_factor=0.13025, force_upcast=True), 1024),
+}
+
+
+def save_sized_pipeline(dest: Path, size: str, seed: int = 0) -> Path:
+    """An SD 1.5-sized (`sd15`) or SDXL-base-sized (`sdxl`) pipeline folder with random weights,
+    as diffusers saves it; `tiny` is the tiny SDXL pipeline of the tests."""
+    import shutil
+
+    import torch
+
+    if size == "tiny":
+        return save_sd_pipeline(dest, sdxl=True, seed=seed)
+    if size not in PIPELINE_SIZES:
+        raise GeomkitError(f"--size {size}: choose tiny, {', '.join(PIPELINE_SIZES)}")
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    sdxl, unet_cfg, enc_cfgs, vae_extra, _ = PIPELINE_SIZES[size]
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    _seeded(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        unet = UNet2DConditionModel(**unet_cfg)
+    unet.to(torch.float16).save_pretrained(dest / "unet")
+    del unet
+    names = ["text_encoder", "text_encoder_2"]
+    for k, enc_cfg in enumerate(enc_cfgs):
+        cfg = clip_text_config(hidden=enc_cfg["hidden"], layers=enc_cfg["layers"], heads=enc_cfg["heads"],
+                               projection_dim=enc_cfg["projection_dim"])
+        cfg.intermediate_size, cfg.hidden_act = enc_cfg["intermediate_size"], enc_cfg["hidden_act"]
+        with torch.device(device):
+            model = (CLIPTextModelWithProjection if k == 1 else CLIPTextModel)(cfg)
+        model.save_pretrained(dest / names[k])
+        write_clip_tokenizer(dest / ("tokenizer" if k == 0 else "tokenizer_2"))
+        del model
+    with torch.device(device):
+        AutoencoderKL(**_VAE, **vae_extra).save_pretrained(dest / "vae")
+    DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                  steps_offset=1, clip_sample=False).save_pretrained(dest / "scheduler")
+    index = {"_class_name": "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline",
+             "_diffusers_version": "0.30.0", "scheduler": ["diffusers", "DDPMScheduler"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    if sdxl:
+        index.update(text_encoder_2=["transformers", "CLIPTextModelWithProjection"], tokenizer_2=["transformers", "CLIPTokenizer"],
+                     force_zeros_for_empty_prompt=True)
+    else:
+        index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
+    (dest / "model_index.json").write_text(json.dumps(index, indent=2))
+    shutil.rmtree(dest / "_tok", ignore_errors=True)
+    return dest

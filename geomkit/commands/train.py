@@ -73,6 +73,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="autocast for the frozen models; learned rows stay float32 (default: no)")
     g.add_argument("--crossinit-weight", type=float, default=d.crossinit_weight, help="crossinit: weight of ||e - init||^2 (default: 1e-5)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW methods (default: 1e-2, as the diffusers scripts)")
+    g = p.add_argument_group("memory and speed (the result does not depend on these)")
+    g.add_argument("--micro-batch-size", default=None, metavar="N|auto",
+                   help="run each step's batch in micro-batches of N (a divisor of --batch-size), gradients "
+                        "accumulated, one update; auto (CUDA): the largest N that fits (default: the batch size)")
+    g.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute the frozen UNet/transformer's activations in backward: much less memory, slower")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the frozen UNet/transformer (cache in geomkit's cache folder; first steps compile)")
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default: runs/train)")
     g.add_argument("--save-every", type=int, default=d.save_every, metavar="N", help="checkpoint every N steps (default: only at the end)")
@@ -100,6 +108,7 @@ def run(args) -> int:
         validation_images=args.validation_images, validation_inference_steps=args.validation_inference_steps,
         crossinit_weight=args.crossinit_weight, weight_decay=args.weight_decay, related=read_word_list(args.related),
         progress=not args.quiet, device=args.device,
+        micro_batch_size=args.micro_batch_size, gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
     )
     res = train(cfg)
     import os

@@ -63,6 +63,10 @@ class TrainConfig:
     related: list = field(default_factory=list)
     progress: bool = True
     device: Optional[str] = None  # default: accelerate's choice (cuda when present, else cpu)
+    # memory / speed (the result does not depend on these)
+    micro_batch_size: Optional[object] = None  # None: the batch size; an int dividing it; or "auto" (CUDA)
+    gradient_checkpointing: bool = False
+    compile: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,4 +124,25 @@ def check(cfg: TrainConfig) -> TrainConfig:
         raise GeomkitError("--init-word is required: a word that is one token and describes the concept (e.g. dog)")
     if not cfg.placeholder or any(ch.isspace() for ch in cfg.placeholder):
         raise GeomkitError(f"--placeholder {cfg.placeholder!r}: a non-empty string without spaces, e.g. <my-dog>")
+    cfg.micro_batch_size = micro_batch_spec(cfg.micro_batch_size, cfg.batch_size)
     return cfg
+
+
+def micro_batch_spec(value, batch_size: int):
+    """Validate --micro-batch-size: None (the batch size), "auto", or a positive divisor of the batch size."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        raise GeomkitError(f"--micro-batch-size {value}: use a whole number that divides --batch-size, or auto") from None
+    if n < 1:
+        raise GeomkitError(f"--micro-batch-size {value}: must be at least 1 (and divide --batch-size {batch_size})")
+    if int(batch_size) % n:
+        divisors = [d for d in range(1, int(batch_size) + 1) if int(batch_size) % d == 0]
+        raise GeomkitError(f"--micro-batch-size {n} does not divide --batch-size {batch_size}; "
+                           f"use one of {', '.join(map(str, divisors))} (or auto)")
+    return n

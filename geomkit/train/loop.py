@@ -21,6 +21,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Optional
 
 from geomkit.errors import GeomkitError
 from geomkit.train import checkpoint, data, objectives
@@ -78,6 +79,26 @@ class _Dist:
                 dist.all_reduce(p.grad)
                 p.grad /= self.world
 
+    def reduce_step(self, terms: list, params) -> list:
+        """Average the step's loss terms (scalars) and the parameters' gradients over processes
+        with ONE all-reduce (one flat buffer); returns the averaged terms (the grads in place)."""
+        if self.world == 1:
+            return terms
+        import torch
+        import torch.distributed as dist
+
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([t.detach().float().reshape(1) for t in terms] + [g.reshape(-1).float() for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        out = list(flat[: len(terms)])
+        offset = len(terms)
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset: offset + n].view_as(g))
+            offset += n
+        return out
+
     def barrier(self) -> None:
         if self._state is not None:
             self._state.wait_for_everyone()
@@ -88,27 +109,36 @@ def _say(msg: str, main: bool = True) -> None:
         print(f"geomkit train: {msg}", file=sys.stderr, flush=True)
 
 
-def _metrics(slot) -> dict:
-    import torch
-
+def _metrics(slot, e=None, ref=None) -> dict:
+    """A log line's geometry of one slot, in float64 on the CPU. `e`: its rows already copied to
+    the CPU; `ref`: (init, mu) in float64 on the CPU, computed once (see `_log_line`)."""
     from geomkit.geometry import angle_deg, cosine
 
-    e = slot.embedding().double()
+    e = (slot.embedding() if e is None else e).double()
+    init, mu = ref if ref is not None else (slot.init.double(), slot.mu.detach().cpu().double())
     return {
         "norm": float(e.norm(dim=-1).mean()),
-        "angle_from_init_deg": float(angle_deg(e, slot.init.double()).mean()),
-        "cos_to_prior": float(cosine(e, slot.mu.detach().cpu().double()[None].expand_as(e)).mean()),
-        "_finite": bool(torch.isfinite(e).all()),
+        "angle_from_init_deg": float(angle_deg(e, init).mean()),
+        "cos_to_prior": float(cosine(e, mu[None].expand_as(e)).mean()),
     }
 
 
-def _log_line(step, loss, lr, slots) -> dict:
+def _log_line(step, loss, lr, slots, refs=None) -> dict:
+    """The step's log line. Every slot's rows reach the CPU in one copy (one device sync for all
+    text encoders), and the reference directions are passed in once per run (`refs`), so the
+    line costs a few small float64 operations on the CPU per step."""
+    import torch
+
+    rows = [s.vectors().detach() for s in slots]
+    flat = torch.cat([r.reshape(-1) for r in rows]).to("cpu", torch.float32)  # one copy, as slot.embedding()
     line = {"step": step, "loss": loss}
-    for k, slot in enumerate(slots):
+    offset = 0
+    for k, (slot, r) in enumerate(zip(slots, rows)):
+        e = flat[offset: offset + r.numel()].view(r.shape)
+        offset += r.numel()
         suffix = "" if k == 0 else f"_{k + 1}"
-        for key, value in _metrics(slot).items():
-            if not key.startswith("_"):
-                line[key + suffix] = value
+        for key, value in _metrics(slot, e, refs[k] if refs is not None else None).items():
+            line[key + suffix] = value
     line["lr"] = lr
     return line
 
@@ -155,6 +185,90 @@ def _peak_memory_mb(device) -> float:
         return float("nan")
 
 
+def compile_unavailable(device) -> Optional[str]:
+    """Why torch.compile (inductor) cannot run on `device` here, or None when it can: on CUDA it
+    needs Triton and a GPU of compute capability 7.0 or newer; on a CPU, a C++ compiler."""
+    import shutil
+
+    import torch
+
+    if not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile"
+    if device.type == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+        except ImportError:  # pragma: no cover - older torch
+            has_triton = None
+        if has_triton is not None and not has_triton():
+            return "Triton is not installed (pip install triton)"
+        major, _ = torch.cuda.get_device_capability(device)
+        if major < 7:
+            return f"the GPU's compute capability is {major}.x; inductor needs 7.0 or newer"
+        return None
+    if device.type == "cpu":
+        cxx = os.environ.get("CXX") or "g++"
+        if not any(shutil.which(c) for c in (cxx, "g++", "clang++", "c++")):
+            return "no C++ compiler was found (install g++ or set CXX)"
+        return None
+    return f"geomkit compiles on cuda and cpu only, not {device.type}"
+
+
+def compile_cache_dir() -> Path:
+    """torch.compile's cache (inductor's FX-graph and kernel caches) under geomkit's cache folder,
+    so a second run with the same models and shapes compiles little."""
+    from geomkit.sources.packaged import _cache_root
+
+    return _cache_root() / "torch-compile"
+
+
+def check_device_options(cfg: TrainConfig, device) -> None:
+    """Settings that depend on the device, checked before any model is loaded."""
+    if cfg.micro_batch_size == "auto" and device.type != "cuda":
+        raise GeomkitError(f"--micro-batch-size auto needs a CUDA GPU (this run is on {device.type}); "
+                           f"give a number that divides --batch-size {cfg.batch_size}")
+    if cfg.compile:
+        why = compile_unavailable(device)
+        if why:
+            raise GeomkitError(f"--compile: torch.compile cannot run here: {why}; run without --compile")
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
+
+
+def _resolve_micro_batch(sess, spec) -> int:
+    """The micro-batch size: the batch size, a given divisor of it, or for "auto" the largest
+    divisor of the batch size whose forward + backward fits in the GPU's memory, found by
+    accelerate's `find_executable_batch_size` (a trial chunk of step 1's draw; nothing updated)."""
+    b = int(sess.cfg.batch_size)
+    if spec is None:
+        return b
+    if spec != "auto":
+        return int(spec)
+    from accelerate.utils import find_executable_batch_size
+
+    divisors = [d for d in range(1, b + 1) if b % d == 0]
+    state = {"n": b}
+
+    def next_smaller() -> int:
+        below = [d for d in divisors if d < state["n"]]
+        state["n"] = below[-1] if below else 0
+        return state["n"]
+
+    @find_executable_batch_size(starting_batch_size=b, reduce_batch_size_fn=next_smaller)
+    def trial(n):
+        state["n"] = n
+        sess.trial_chunk(n)
+        return n
+
+    try:
+        n = trial()
+    except RuntimeError as exc:
+        if "No executable batch size" in str(exc):
+            raise GeomkitError("--micro-batch-size auto: not even a micro-batch of 1 fits in the GPU's memory; "
+                               "add --gradient-checkpointing, use --mixed-precision bf16, or a lower --resolution") from None
+        raise
+    _say(f"--micro-batch-size auto: {n} (the largest divisor of --batch-size {b} that fits)", sess.dist.main)
+    return n
+
+
 class NonFinite(Exception):
     def __init__(self, what: str, value: float):
         super().__init__(what)
@@ -184,9 +298,17 @@ class Session:
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
         self.autocast = (lambda: torch.autocast(device_type, dtype=half)) if half is not None else nullcontext
         self.scaler = torch.amp.GradScaler(device_type) if cfg.mixed_precision == "fp16" else None
+        self.micro_batch = _resolve_micro_batch(self, cfg.micro_batch_size)
+        # the log's reference directions, in float64 on the CPU once (not copied every step)
+        self._refs = [(s.init.double(), s.mu.detach().cpu().double()) for s in self.slots]
 
     def step(self, step: int) -> dict:
-        """One optimisation step (1-based); its log line. Raises NonFinite (nothing updated)."""
+        """One optimisation step (1-based); its log line. Raises NonFinite (nothing updated).
+
+        The step's examples, noise and timesteps are drawn once for the whole batch; with a
+        micro-batch size N < batch size they run in chunks of N, each chunk's loss weighted by its
+        share of the batch (so the summed gradient is the full batch's), then one reduction over
+        processes and one optimiser update. The result does not depend on N."""
         import torch
 
         from geomkit.train.optim import lr_at
@@ -195,19 +317,43 @@ class Session:
         lr = lr_at(step, cfg.lr, cfg.steps, cfg.lr_schedule)
         for group in opt.param_groups:
             group["lr"] = lr
-        vectors = [s.vectors() for s in slots]
-        with self.autocast():
-            data_loss = self.obj.loss(vectors, slots, step, dist.rank, dist.world)
-        loss = data_loss.float()
-        if cfg.method == "crossinit" and cfg.crossinit_weight:
-            reg = sum(((v.float() - s.init.to(v.device)) ** 2).sum() for v, s in zip(vectors, slots))
-            loss = loss + cfg.crossinit_weight * reg
-        value = float(dist.mean(loss.detach()))
+        reg_on = cfg.method == "crossinit" and cfg.crossinit_weight
+        if self.micro_batch >= cfg.batch_size:
+            parts = [(None, None)]  # the whole batch: the objective draws it itself
+        else:
+            parts = self.obj.micro_batches(step, dist.rank, dist.world, self.micro_batch)
+        total = data_total = None
+        with self.obj_mode():
+            for k, (part, weight) in enumerate(parts):
+                vectors = [s.vectors() for s in slots]
+                with self.autocast():
+                    if part is None:
+                        data_loss = self.obj.loss(vectors, slots, step, dist.rank, dist.world)
+                    else:
+                        data_loss = self.obj.loss(vectors, slots, step, dist.rank, dist.world, part=part)
+                data_loss = data_loss.float()
+                if weight is not None:
+                    data_loss = data_loss * weight
+                loss = data_loss
+                if reg_on and k == 0:  # the regulariser once per step, as the full batch has it once
+                    reg = sum(((v.float() - s.init.to(v.device)) ** 2).sum() for v, s in zip(vectors, slots))
+                    loss = loss + cfg.crossinit_weight * reg
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+                total = loss.detach() if total is None else total + loss.detach()
+                if reg_on:
+                    data_total = data_loss.detach() if data_total is None else data_total + data_loss.detach()
+        # one reduction over processes (loss, data term and gradients together), one host sync
+        terms = [total] + ([data_total] if reg_on else [])
+        terms = dist.reduce_step(terms, self.params)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        flags = torch.stack([torch.isfinite(g).all() for g in grads]).all().float() if scaler is None and grads else None
+        host = torch.stack([t.float().reshape(()) for t in terms] + ([flags.to(terms[0].device)] if flags is not None else []))
+        host = host.tolist()
+        value = host[0]
         if not math.isfinite(value):
+            opt.zero_grad(set_to_none=True)
             raise NonFinite("loss", value)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        dist.average_grads(self.params)
-        if scaler is None and not all(torch.isfinite(p.grad).all() for p in self.params if p.grad is not None):
+        if flags is not None and not host[-1]:
             opt.zero_grad(set_to_none=True)
             raise NonFinite("gradient", value)
         if scaler is not None:
@@ -216,9 +362,33 @@ class Session:
         else:
             opt.step()
         opt.zero_grad(set_to_none=True)
-        if cfg.method == "crossinit" and cfg.crossinit_weight:  # log the data term, averaged over processes
-            value = float(dist.mean(data_loss.detach().float()))
-        return _log_line(step, value, lr, slots)
+        if reg_on:  # log the data term, averaged over processes
+            value = host[1]
+        return _log_line(step, value, lr, slots, self._refs)
+
+    def trial_chunk(self, n: int) -> None:
+        """Forward + backward of one micro-batch of n examples of step 1's draw, then the gradients
+        are dropped: what `--micro-batch-size auto` tries (no update, no randomness consumed)."""
+        dist = self.dist
+        try:
+            with self.obj_mode():
+                vectors = [s.vectors() for s in self.slots]
+                with self.autocast():
+                    if n >= self.cfg.batch_size:
+                        loss = self.obj.loss(vectors, self.slots, 1, dist.rank, dist.world)
+                    else:
+                        part, _ = self.obj.micro_batches(1, dist.rank, dist.world, n)[0]
+                        loss = self.obj.loss(vectors, self.slots, 1, dist.rank, dist.world, part=part)
+                loss.float().backward()
+                del loss, vectors
+        finally:
+            self.opt.zero_grad(set_to_none=True)
+
+    def obj_mode(self):
+        """The objective's own context for a training step (e.g. transformers' checkpointing needs
+        train mode); a no-op for most."""
+        mode = getattr(self.obj, "step_mode", None)
+        return mode() if mode is not None else nullcontext()
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -244,6 +414,7 @@ def train(cfg: TrainConfig) -> dict:
     related = [w for w in cfg.related if w]
 
     dist = _Dist(cfg.device)
+    check_device_options(cfg, dist.device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     torch.manual_seed(cfg.seed)
@@ -272,6 +443,7 @@ def train(cfg: TrainConfig) -> dict:
         "tokens": data.token_strings(cfg.placeholder, cfg.num_vectors),
         "device": str(dist.device),
         "num_processes": dist.world,
+        "micro_batch_size_used": sess.micro_batch,
     }
     if dist.main:
         write_json(out / "config.json", dict(cfg.to_dict(), **run_info))
@@ -431,6 +603,11 @@ def _results(cfg, obj, slots, rows, unrescaled, log, seconds, step_times, relate
         "files": [str(Path(f).name) for f in files],
         "device": run_info["device"],
         "num_processes": run_info["num_processes"],
+        "micro_batch_size": cfg.micro_batch_size,
+        "micro_batch_size_used": run_info["micro_batch_size_used"],
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "compile": cfg.compile,
+        "first_step_seconds": step_times[0] if step_times else None,  # includes compiling under --compile
     }
     if cfg.model == "gemma3-270m":
         res["note"] = "Gemma 3 270M weights are Q4_K_M-quantised (de-quantised to float32); Gemma terms of use apply"

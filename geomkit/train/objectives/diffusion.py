@@ -64,6 +64,45 @@ def _frozen(model, device, dtype=None):
     return model.eval().requires_grad_(False)
 
 
+def split_batch(batch: dict, size: int) -> list:
+    """[(micro-batch, weight)]: every entry of a drawn batch cut into chunks of `size` examples
+    along the first dimension, weighted by the chunk's share of the batch (per-example losses of
+    equal size, so the weighted chunk means sum to the batch mean)."""
+    b = len(batch["t"])
+    return [({k: v[lo: lo + size] for k, v in batch.items()}, min(size, b - lo) / b) for lo in range(0, b, size)]
+
+
+def speed_options(model, cfg, what: str):
+    """--gradient-checkpointing (diffusers' own, on the frozen UNet / transformer) and --compile
+    (torch.compile in place; inductor's caches under geomkit's cache folder)."""
+    if cfg.gradient_checkpointing:
+        if not getattr(model, "_supports_gradient_checkpointing", False):
+            raise GeomkitError(f"--gradient-checkpointing: this pipeline's {what} does not support it")
+        model.enable_gradient_checkpointing()
+    if cfg.compile:
+        model.compile()
+    return model
+
+
+def half_dtype_for_encoders(cfg, allow_fp16: bool = True):
+    """Lean frozen text encoders: under --mixed-precision bf16/fp16 their weights are kept in that
+    dtype (the learned rows stay float32 parameters); None (float32) otherwise."""
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    if half is torch.float16 and not allow_fp16:
+        return None
+    return half
+
+
+def lean_vae(obj) -> None:
+    """Once latents are cached the VAE encoder is never used again: drop it. Validation decodes
+    only; without validation prompts the decoder leaves the accelerator too."""
+    obj.vae.encoder = None
+    if not obj.cfg.validation_prompts and obj.device.type != "cpu":
+        obj.vae.to("cpu")
+    if obj.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _validation_folder(out_dir) -> Path:
     folder = Path(out_dir) / "validation"
     folder.mkdir(parents=True, exist_ok=True)
@@ -110,9 +149,10 @@ class DiffusionObjective:
         self.files = inputs["files"]
         self.templates = inputs["templates"]
 
-        encs = [load_encoder(str(folder), encoder=1, progress=cfg.progress)]
+        half = half_dtype_for_encoders(cfg)
+        encs = [load_encoder(str(folder), encoder=1, dtype=half, progress=cfg.progress)]
         if self.sdxl:
-            encs.append(load_encoder(str(folder), encoder=2, progress=cfg.progress))
+            encs.append(load_encoder(str(folder), encoder=2, dtype=half, progress=cfg.progress))
         for e in encs:
             e.model.to(device)
         self.encoders = [private_encoder(e) for e in encs]
@@ -120,6 +160,7 @@ class DiffusionObjective:
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
         # frozen UNet in half precision under mixed precision, as the public scripts; the VAE in float32
         self.unet = _frozen(UNet2DConditionModel.from_pretrained(folder, subfolder="unet"), device, self.weight_dtype)
+        speed_options(self.unet, cfg, "UNet")
         self.vae = _frozen(AutoencoderKL.from_pretrained(folder, subfolder="vae"), device)
         self.noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -130,6 +171,7 @@ class DiffusionObjective:
         self.shift = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
         self.vae_encodes = 0
         self._cache_latents()
+        lean_vae(self)
         self._pipe = None
 
     # ---- latents, once ------------------------------------------------------------------------
@@ -197,7 +239,9 @@ class DiffusionObjective:
         return cond, added
 
     # ---- the loss -------------------------------------------------------------------------------
-    def loss(self, vectors, slots, step: int, rank: int = 0, world: int = 1):
+    def draw(self, step: int, rank: int = 0, world: int = 1) -> dict:
+        """The step's whole batch: examples, flips, templates, latents, noise, timesteps (a pure
+        function of seed, step and rank), as noisy latents, timesteps, targets and template rows."""
         cfg = self.cfg
         n_img = len(self.files)
         b = cfg.batch_size
@@ -212,11 +256,6 @@ class DiffusionObjective:
         noise = torch.randn(latents.shape, generator=gen).to(latents.device)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=gen).to(latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        cond, added = self.condition([ids[which] for ids in self.template_ids], vectors, slots)
-        kwargs = {}
-        if added is not None:
-            kwargs["added_cond_kwargs"] = {k: v.to(self.weight_dtype) for k, v in added.items()}
-        pred = self.unet(noisy.to(self.weight_dtype), t, cond.to(self.weight_dtype), **kwargs).sample
         kind = self.noise_scheduler.config.prediction_type
         if kind == "epsilon":
             target = noise
@@ -224,7 +263,20 @@ class DiffusionObjective:
             target = self.noise_scheduler.get_velocity(latents, noise, t)
         else:
             raise GeomkitError(f"scheduler prediction_type {kind!r} is not supported (epsilon, v_prediction)")
-        return F.mse_loss(pred.float(), target.float())
+        return {"noisy": noisy, "t": t, "target": target, "which": which}
+
+    def micro_batches(self, step: int, rank: int, world: int, size: int) -> list:
+        return split_batch(self.draw(step, rank, world), size)
+
+    def loss(self, vectors, slots, step: int, rank: int = 0, world: int = 1, part=None):
+        """The batch's MSE (or, given `part`, that micro-batch's mean), the learned rows injected."""
+        part = self.draw(step, rank, world) if part is None else part
+        cond, added = self.condition([ids[part["which"]] for ids in self.template_ids], vectors, slots)
+        kwargs = {}
+        if added is not None:
+            kwargs["added_cond_kwargs"] = {k: v.to(self.weight_dtype) for k, v in added.items()}
+        pred = self.unet(part["noisy"].to(self.weight_dtype), part["t"], cond.to(self.weight_dtype), **kwargs).sample
+        return F.mse_loss(pred.float(), part["target"].float())
 
     # ---- validation images ----------------------------------------------------------------------
     @torch.no_grad()
@@ -280,11 +332,13 @@ class SanaObjective:
             raise GeomkitError(f"--placeholder {cfg.placeholder}: SANA pipelines lower-case every prompt; use a lower-case placeholder")
         self.files, self.templates = inputs["files"], inputs["templates"]
         self.sdxl = False
-        enc = load_encoder(str(folder), encoder=1, progress=cfg.progress)
+        # Gemma 2 overflows in float16: under fp16 the SANA text encoder stays float32
+        enc = load_encoder(str(folder), encoder=1, dtype=half_dtype_for_encoders(cfg, allow_fp16=False), progress=cfg.progress)
         enc.model.to(device)
         self.encoders = [private_encoder(enc)]
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
         self.transformer = _frozen(SanaTransformer2DModel.from_pretrained(folder, subfolder="transformer"), device, self.weight_dtype)
+        speed_options(self.transformer, cfg, "transformer")
         self.vae = _frozen(AutoencoderDC.from_pretrained(folder, subfolder="vae"), device)
         self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
         self.vae_scale = 2 ** (len(self.vae.config.encoder_block_out_channels) - 1)
@@ -294,6 +348,7 @@ class SanaObjective:
         self.chi = inspect.signature(SanaPipeline.__call__).parameters["complex_human_instruction"].default
         self.vae_encodes = 0
         self._cache_latents()
+        lean_vae(self)
         self._pipe = None
 
     @torch.no_grad()
@@ -332,7 +387,8 @@ class SanaObjective:
             )
         return embeds, mask
 
-    def loss(self, vectors, slots, step: int, rank: int = 0, world: int = 1):
+    def draw(self, step: int, rank: int = 0, world: int = 1) -> dict:
+        """The step's whole batch (a pure function of seed, step and rank)."""
         cfg = self.cfg
         n_img, b = len(self.files), cfg.batch_size
         gen = step_generator(cfg.seed, step, rank)
@@ -346,10 +402,17 @@ class SanaObjective:
         timesteps = self.noise_scheduler.timesteps[indices].to(x0.device)
         sigmas = self.noise_scheduler.sigmas[indices].to(x0.device, torch.float32).view(b, 1, 1, 1)
         noisy = (1.0 - sigmas) * x0 + sigmas * noise
-        embeds, mask = self.condition([self.prompts[i] for i in which.tolist()], vectors, slots)
-        pred = self.transformer(hidden_states=noisy.to(self.weight_dtype), encoder_hidden_states=embeds.to(self.weight_dtype),
-                                encoder_attention_mask=mask, timestep=timesteps, return_dict=False)[0]
-        return F.mse_loss(pred.float(), (noise - x0).float())
+        return {"noisy": noisy, "t": timesteps, "target": noise - x0, "prompts": [self.prompts[i] for i in which.tolist()]}
+
+    def micro_batches(self, step: int, rank: int, world: int, size: int) -> list:
+        return split_batch(self.draw(step, rank, world), size)
+
+    def loss(self, vectors, slots, step: int, rank: int = 0, world: int = 1, part=None):
+        part = self.draw(step, rank, world) if part is None else part
+        embeds, mask = self.condition(part["prompts"], vectors, slots)
+        pred = self.transformer(hidden_states=part["noisy"].to(self.weight_dtype), encoder_hidden_states=embeds.to(self.weight_dtype),
+                                encoder_attention_mask=mask, timestep=part["t"], return_dict=False)[0]
+        return F.mse_loss(pred.float(), part["target"].float())
 
     @torch.no_grad()
     def validate(self, slots, step: int, out_dir) -> list:

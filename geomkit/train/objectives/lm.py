@@ -58,6 +58,15 @@ class LMObjective:
         self.softcap = getattr(enc.model.config, "final_logit_softcapping", None)
         if self.enc.site_module("final_norm") is None:
             raise GeomkitError(f"--objective lm: {cfg.model} has no final normalisation site in geomkit's tables")
+        if cfg.gradient_checkpointing:
+            if not getattr(enc.model, "supports_gradient_checkpointing", False):
+                raise GeomkitError(f"--gradient-checkpointing: {type(enc.model).__name__} does not support it")
+            if hasattr(enc.model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                enc.model.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                enc.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if getattr(enc.model, "_require_grads_hook", None) is not None:  # the learned rows carry the gradient
+                enc.model.disable_input_require_grads()
         self.keep_kw = "logits_to_keep" if "logits_to_keep" in inspect.signature(enc.model.forward).parameters else None
         # Whisper: the LM is the text decoder, conditioned on the encoder's silent-audio states;
         # `Encoder.forward` supplies them (cross-attention keys/values computed once per model).
@@ -108,8 +117,41 @@ class LMObjective:
         labels[rows, pos + 1] = tgt
         return labels
 
-    def loss(self, vectors, slots, step: int, rank: int = 0, world: int = 1):
+    def micro_batches(self, step: int, rank: int, world: int, size: int) -> list:
+        """[(micro-batch, weight)]: the step's batch cut into chunks of `size` sentences (same
+        padded width), each weighted by its share of the batch's scored predictions, so the
+        weighted chunk means sum to the batch's mean cross-entropy."""
         ids, mask, rows, pos, tgt = self.batch(step, rank, world)
+        r = rows.cpu()
+        out = []
+        for lo in range(0, ids.shape[0], size):
+            sel = ((r >= lo) & (r < lo + size)).nonzero().squeeze(1).to(rows.device)
+            out.append(((ids[lo: lo + size], mask[lo: lo + size], rows[sel] - lo, pos[sel], tgt[sel]), len(sel) / len(r)))
+        return out
+
+    def step_mode(self):
+        """--gradient-checkpointing: transformers checkpoints only in train mode; the model is put
+        in train mode for the step (dropout modules kept in eval), then back in eval mode."""
+        from contextlib import contextmanager, nullcontext
+
+        if not self.cfg.gradient_checkpointing:
+            return nullcontext()
+
+        @contextmanager
+        def train_mode(model):
+            model.train()
+            for m in model.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.eval()
+            try:
+                yield
+            finally:
+                model.eval()
+
+        return train_mode(self.enc.model)
+
+    def loss(self, vectors, slots, step: int, rank: int = 0, world: int = 1, part=None):
+        ids, mask, rows, pos, tgt = self.batch(step, rank, world) if part is None else part
         kwargs = {self.keep_kw: 1} if self.keep_kw else {}
         with inject(self.enc, vectors[0], token_ids=slots[0].token_ids), \
                 capture(self.enc, ["final_norm"], detach=False) as cache:
