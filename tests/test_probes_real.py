@@ -123,4 +123,5 @@ def test_commands_on_real_models(request, fixture, model, tmp_path, monkeypatch,
         assert at["applicable"] is False and at["loglog_slope"] is None
     else:
         assert at["loglog_slope"] == pytest.approx(-1, abs=0.01)
-    assert (tmp_path / "probes").is_dir()
+    # --out holds everything a command writes: nothing lands beside it (the probe used to go to ./probes)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["at", "pp", "ra"]
