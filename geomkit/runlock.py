@@ -57,14 +57,14 @@ class RunLock:
 
 
 def _holder(path: Path) -> str:
-    """What the lock file says about its holder ("pid 1234 (train)"), or a vaguer phrase."""
+    """What the lock file says about its holder ("geomkit train, pid 1234")."""
     try:
         text = path.read_text().split()
     except OSError:
         text = []
     if text and text[0].isdigit():
-        return f"pid {text[0]}" + (f" ({text[1]})" if len(text) > 1 else "")
-    return "another process"
+        return (f"geomkit {text[1]}, " if len(text) > 1 else "") + f"pid {text[0]}"
+    return "pid unknown"
 
 
 def acquire(folder, command: str, flag: str = "--out") -> RunLock:
@@ -95,13 +95,13 @@ def acquire(folder, command: str, flag: str = "--out") -> RunLock:
         os.close(fd)
         holder = _holder(path)
         for _ in range(20):  # the holder may be between taking the lock and writing its pid
-            if holder != "another process":
+            if holder != "pid unknown":
                 break
             import time
 
             time.sleep(0.05)
             holder = _holder(path)
-        raise GeomkitError(f"{flag} {folder}: a geomkit run ({holder}) is still working in this folder; "
+        raise GeomkitError(f"{flag} {folder}: another run ({holder}) is still working in this folder; "
                            "wait for it to finish or stop it (its checkpoints stay), or choose another folder") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)

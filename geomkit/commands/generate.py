@@ -171,6 +171,9 @@ def run(args) -> int:
     texts = [fill_tokens(p, names) for p in prompts]
 
     out = report.prepare_out(args.out)
+    from geomkit.runlock import acquire
+
+    _lock = acquire(out, "generate")  # one live run per --out (it resumes there); released when run() returns
     img_dir = out / "images"
     settings = generation_settings(args, folder, tokens)
     settings_guard(img_dir, settings, overwrite=args.overwrite)

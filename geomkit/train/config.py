@@ -234,6 +234,8 @@ def check(cfg: TrainConfig) -> TrainConfig:
                            "it out to use --init-word)")
     if cfg.prior_word is not None and not cfg.prior_word.strip():
         raise GeomkitError("--prior-word '': give a word, or leave it out to use --init-word")
+    if not str(cfg.out).strip():
+        raise GeomkitError("--out '': give the output folder (e.g. runs/my-run)")
     check_device(cfg.device)
     check_model(cfg.model)
     return cfg
