@@ -2,10 +2,11 @@
 
 `acquire(folder, command)` takes an exclusive, non-blocking `flock` on `FOLDER/.geomkit.lock`
 and writes the holder's pid into it; a second run on the same folder fails at once with one line
-naming that pid. The lock belongs to the open file: it is released by `release()`, when the
-`RunLock` object is garbage-collected, or by the operating system when the process ends in any
-way (`kill -9` included), so a dead run never blocks its folder. The file itself stays (a
-dot-file; removing it on release would let two runs lock two different files).
+naming that pid. The lock belongs to the open file: it is released by `release()` (which also
+removes the file), when the `RunLock` object is garbage-collected, or by the operating system when
+the process ends in any way (`kill -9` included, which leaves the unlocked file behind), so a dead
+run never blocks its folder. A run that locks a file that was removed meanwhile notices (the path
+no longer names the file it locked) and tries again, so two runs never hold two different files.
 
 Several processes (`torchrun`, `accelerate launch`): only the main process (RANK 0) takes the
 lock; the others run under it.
@@ -34,6 +35,11 @@ class RunLock:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:
+                if _same_file(fd, self.path):
+                    os.unlink(self.path)
+            except OSError:
+                pass
+            try:
                 import fcntl
 
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -54,6 +60,14 @@ class RunLock:
             self.release()
         except Exception:
             pass
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _holder(path: Path) -> str:
@@ -85,24 +99,30 @@ def acquire(folder, command: str, flag: str = "--out") -> RunLock:
             raise GeomkitError(f"{flag} {folder}: another geomkit run is still working in this folder; "
                                "wait for it to finish or stop it, or choose another folder") from None
         return RunLock(path, None, handle)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise GeomkitError(f"{flag} {folder}: cannot create the run lock {path.name} ({exc.strerror or exc})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        holder = _holder(path)
-        for _ in range(20):  # the holder may be between taking the lock and writing its pid
-            if holder != "pid unknown":
-                break
-            import time
-
-            time.sleep(0.05)
+    for _attempt in range(50):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise GeomkitError(f"{flag} {folder}: cannot create the run lock {path.name} ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
             holder = _holder(path)
-        raise GeomkitError(f"{flag} {folder}: another run ({holder}) is still working in this folder; "
-                           "wait for it to finish or stop it (its checkpoints stay), or choose another folder") from None
+            for _ in range(20):  # the holder may be between taking the lock and writing its pid
+                if holder != "pid unknown":
+                    break
+                import time
+
+                time.sleep(0.05)
+                holder = _holder(path)
+            raise GeomkitError(f"{flag} {folder}: another run ({holder}) is still working in this folder; "
+                               "wait for it to finish or stop it (its checkpoints stay), or choose another folder") from None
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # the previous holder removed the file as we locked it: lock the new one
+    else:
+        raise GeomkitError(f"{flag} {folder}: could not take the run lock {path.name}; try again")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
     return RunLock(path, fd)

@@ -334,21 +334,17 @@ def train(cfg: TrainConfig) -> dict:
     check_objective_options(cfg)
     created = not Path(cfg.out).expanduser().exists()
     out = prepare_out(cfg.out)
-    lock_path = out / runlock.LOCK_NAME
-    lock_created = not lock_path.exists()
     lock = runlock.acquire(out, "train")
     try:
         with _Signals() as sig:
             return _train(cfg, sig)
     except GeomkitError:
-        if lock.held and not (out / "config.json").exists():  # refused before anything was written
-            if lock_created:
-                lock_path.unlink(missing_ok=True)
-            if created:
-                try:
-                    out.rmdir()
-                except OSError:
-                    pass
+        lock.release()
+        if created:  # refused before anything was written: leave no empty folder behind
+            try:
+                out.rmdir()
+            except OSError:
+                pass
         raise
     finally:
         lock.release()
