@@ -178,7 +178,7 @@ def run(args) -> int:
     settings = generation_settings(args, folder, tokens)
     settings_guard(img_dir, settings, overwrite=args.overwrite)
     jobs, rows = [], []
-    for template, text in zip(prompts, texts):
+    for _template, text in zip(prompts, texts):
         key = hashlib.sha256(text.encode()).hexdigest()[:6]
         row = [Job(text, s, img_dir / f"{slug(text)}-{key}-s{s}.png") for s in args.seeds]
         jobs += row

@@ -33,7 +33,7 @@ def plot(norms, stats, embeddings: dict, specials: dict, title: str, bins: int):
     hi = max([live.max()] + [e["norm"] for e in embeddings.values()])
     ax.hist(live, bins=bins, color="#4C72B0", alpha=0.85, range=(0, hi * 1.02) if embeddings else None)
     ax.axvline(stats["mean"], color="black", ls="--", lw=1, label=f"vocabulary mean {stats['mean']:.3f}")
-    for tok, n in specials.items():
+    for _tok, n in specials.items():
         ax.axvline(n, color="#999999", ls=":", lw=0.8)
     if specials:
         ax.plot([], [], color="#999999", ls=":", label="special tokens")
