@@ -117,7 +117,7 @@ def acquire(folder, command: str, flag: str = "--out") -> RunLock:
                 time.sleep(0.05)
                 holder = _holder(path)
             raise GeomkitError(f"{flag} {folder}: another run ({holder}) is still working in this folder; "
-                               "wait for it to finish or stop it (its checkpoints stay), or choose another folder") from None
+                               "wait for it to finish or stop it, or choose another folder") from None
         if _same_file(fd, path):
             break
         os.close(fd)  # the previous holder removed the file as we locked it: lock the new one

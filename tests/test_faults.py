@@ -340,3 +340,41 @@ def test_sigterm_checkpoints_and_exits_143(lm_dir, tmp_path):
     assert checkpoint.complete(out / "checkpoints")[-1][0] == step
     assert log_steps(out) == list(range(1, step + 1))
     assert not (out / ".geomkit.lock").exists()
+
+
+def test_run_lock_unit(tmp_path, monkeypatch):
+    from geomkit import runlock
+    from geomkit.errors import GeomkitError
+
+    lock = runlock.acquire(tmp_path, "train")
+    assert (tmp_path / runlock.LOCK_NAME).read_text().split() == [str(os.getpid()), "train"]
+    with pytest.raises(GeomkitError, match=rf"another run \(geomkit train, pid {os.getpid()}\) is still working"):
+        runlock.acquire(tmp_path, "generate")
+    monkeypatch.setenv("RANK", "1")  # other processes of a multi-process run do not take it
+    assert not runlock.acquire(tmp_path, "train").held
+    monkeypatch.delenv("RANK")
+    lock.release()
+    assert not (tmp_path / runlock.LOCK_NAME).exists()
+    (tmp_path / runlock.LOCK_NAME).write_text("999999 train\n")  # left by a killed run: not locked, so free
+    with runlock.acquire(tmp_path, "evaluate") as again:
+        assert again.held
+    assert not (tmp_path / runlock.LOCK_NAME).exists()
+
+
+def test_generate_refuses_a_folder_with_a_live_run(tiny_dir, tmp_path, capsys):
+    from helpers import assert_one_line_error, run_cli
+
+    from geomkit import runlock
+    from geomkit.train.exports import export
+
+    export(tmp_path, "<my-cat>", [torch.randn(1, 32) * 0.1])
+    model = tiny_dir("sd")
+    capsys.readouterr()
+    out = tmp_path / "g"
+    out.mkdir()
+    with runlock.acquire(out, "generate"):
+        code, _, err = run_cli(capsys, "generate", "--model", model, "--embedding",
+                               tmp_path / "learned_embeds.safetensors", "--prompt", "a photo of {}", "--seeds", "0",
+                               "--out", out, "--steps", "2", "--size", "32", "--no-progress")
+    assert_one_line_error(code, err, f"pid {os.getpid()}")
+    assert not (out / "images").exists()

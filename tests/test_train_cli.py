@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli
 
 TOKEN = "<glimmerfox>"
 
