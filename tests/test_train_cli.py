@@ -193,3 +193,28 @@ def test_accelerate_launch_without_multi_gpu_says_why_one_process(lm_dir, tmp_pa
     assert proc.returncode != 0
     assert len(ours) == 1 and "started only one process" in ours[0] and "--multi_gpu --num_processes 2" in ours[0], proc.stderr
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def sd_images(tmp_path_factory):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("images")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / "a.png")
+    return folder
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--num-vectors", "80"], "more than the text encoder's limit of 77 tokens"),  # CLIP reads 77 tokens
+    (["--texts", "glimmerfox"], "--texts: only the lm objective reads it; this run's objective is diffusion"),
+    (["--max-length", "64"], "--max-length: only the lm objective reads it"),
+])
+def test_diffusion_bad_options_are_one_line(tiny_dir, sd_images, tmp_path, capsys, extra, message):
+    model = str(tiny_dir("sd"))
+    capsys.readouterr()
+    out = tmp_path / "o"
+    code, _, err = run_cli(capsys, "train", "--model", model, "--images", sd_images, "--placeholder", "<toy>",
+                           "--init-word", "toy", "--resolution", "32", "--steps", "1", "--out", out, "--quiet", *extra)
+    assert_one_line_error(code, err, message)
+    assert not out.exists()

@@ -179,8 +179,9 @@ def _check_token_room(cfg: TrainConfig, sess) -> None:
     for enc, limit, what in limits:
         for where, text in texts:
             ids = enc.tokenizer(text)["input_ids"]
+            kept = enc.tokenizer(text, truncation=True, max_length=limit)["input_ids"]
             last = max((i for i, t in enumerate(ids) if t in new), default=-1)
-            if last >= limit:
+            if sum(t in new for t in kept) < sum(t in new for t in ids):
                 hint = ("use fewer --num-vectors or a shorter text" if cfg.num_vectors > 1 else
                         ("raise --max-length or shorten the line" if obj.kind == "lm" else "shorten the template"))
                 raise GeomkitError(f"{where} needs {last + 1} tokens to hold the placeholder ({cfg.num_vectors} "
@@ -286,7 +287,7 @@ class Stopped(KeyboardInterrupt):
         if checkpoint is not None:
             msg = f"stopped by {name} after step {step}; checkpoint {checkpoint}; continue with --resume"
         else:
-            msg = f"stopped by {name} before a checkpoint was written; nothing to resume from yet"
+            msg = f"stopped by {name} before this run wrote a checkpoint (checkpoints already in --out are unchanged)"
         super().__init__(msg)
 
 
