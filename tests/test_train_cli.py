@@ -218,3 +218,14 @@ def test_diffusion_bad_options_are_one_line(tiny_dir, sd_images, tmp_path, capsy
                            "--init-word", "toy", "--resolution", "32", "--steps", "1", "--out", out, "--quiet", *extra)
     assert_one_line_error(code, err, message)
     assert not out.exists()
+
+
+def test_resume_from_a_named_checkpoint_takes_its_settings(lm_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *base(lm_dir, out, "--steps", "4", "--save-every", "2"))[0] == 0
+    code, _, err = run_cli(capsys, "train", "--out", out, "--resume", out / "checkpoints" / "step-000002.json",
+                           "--steps", "4", "--quiet")
+    assert code == 0 and "resuming from step 2" in err, err
+    assert log_steps(out) == [1, 2, 3, 4]
+    code, _, err = run_cli(capsys, "train", "--out", out, "--resume", tmp_path / "nope.json")
+    assert_one_line_error(code, err, "not a complete checkpoint")

@@ -145,7 +145,6 @@ def _saved_settings(out: str, spec) -> tuple:
     import json
     from pathlib import Path
 
-    from geomkit.errors import GeomkitError
     from geomkit.train import checkpoint
 
     def read(path):
@@ -156,10 +155,7 @@ def _saved_settings(out: str, spec) -> tuple:
         return data if isinstance(data, dict) else None
 
     if spec not in (None, "", "latest"):
-        try:
-            js = checkpoint.find(out, spec)
-        except GeomkitError:
-            return None, None  # train() reports it
+        js = checkpoint.find(out, spec)  # a checkpoint named by the user: its own error if it is not one
         return (read(js) or {}).get("config"), js
     cfg_file = Path(out).expanduser() / "config.json"
     saved = read(cfg_file)
