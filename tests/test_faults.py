@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +31,7 @@ from safetensors.torch import load_file
 from geomkit.train import checkpoint
 
 TOKEN = "<glimmerfox>"
+REPO = str(Path(__file__).resolve().parents[1])  # subprocesses import this checkout
 STEPS, SAVE_EVERY, KEEP = 24, 3, 2
 PHASES = ("safetensors-half-written", "tensors-written", "json-half-written", "checkpoint-written")
 
@@ -192,7 +194,7 @@ def test_second_run_on_a_live_folder_is_refused_and_a_killed_run_frees_it(lm_dir
         ready, _, _ = select.select([fd], [], [], 60)
         assert ready, "the first run never reached its checkpoint"
         buf += os.read(fd, 4096)
-    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for argv in (["--out", out, "--resume"], fresh_args(lm_dir, out, steps=6)[1:]):
         t0 = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "geomkit", "train", *map(str, argv)], env=env,
@@ -325,7 +327,7 @@ def test_ctrl_c_checkpoints_the_current_step_and_exits_130(lm_dir, tmp_path, mon
 def test_sigterm_checkpoints_and_exits_143(lm_dir, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "geomkit", *fresh_args(lm_dir, out, steps=100000)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 from helpers import assert_one_line_error, run_cli
 
 TOKEN = "<glimmerfox>"
+REPO = str(Path(__file__).resolve().parents[1])  # subprocesses import this checkout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -185,7 +187,7 @@ def test_refused_run_leaves_an_existing_folder_as_it_was(lm_dir, tmp_path, capsy
 def test_accelerate_launch_without_multi_gpu_says_why_one_process(lm_dir, tmp_path):
     out = tmp_path / "o"
     env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
     proc = subprocess.run([launcher, "launch", "--num_processes", "2", "-m", "geomkit", *base(lm_dir, out, "--steps", "2")],
                           env=env, capture_output=True, text=True, timeout=300)
