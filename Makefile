@@ -1,4 +1,4 @@
-# geomkit: `make demo` sets up and runs the main job; `make test` runs the tests.
+# geomkit: `make demo` sets up and runs the main job; `make test` runs ruff, then the tests.
 # Both create .venv on first use; torch 2.13.0 (CPU) is installed before the project so pip
 # never pulls a multi-GB CUDA build.
 VENV ?= .venv
@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 GEOMKIT := $(VENV)/bin/geomkit
 OUT ?= runs/quickstart
 
-.PHONY: setup demo test test-fast bench reproduce clean
+.PHONY: setup demo lint test test-fast bench reproduce clean
 
 setup: $(VENV)/.installed
 
@@ -23,10 +23,13 @@ demo: setup
 	$(GEOMKIT) neighbors apple study writing --model gemma3-270m --out $(OUT)/neighbors
 	$(GEOMKIT) norms --model gemma3-270m --out $(OUT)/norms
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q -p no:cacheprovider tests --nbmake notebooks
 
-test-fast: setup
+test-fast: lint
 	$(PY) -m pytest -q -p no:cacheprovider -m "not real" tests
 
 bench: setup

@@ -148,7 +148,7 @@ def worker(a) -> dict:
         row[f"{m}_ms"] = 1000 * statistics.median(v)
     row["dti_over_ti"] = row["dti_ms"] / row["ti_ms"]
     row["micro_batch"] = dti.micro_batch
-    del dti, ti, runs, obj, slots, parts, leaves
+    dti = ti = runs = obj = slots = parts = leaves = floor_step = None  # free the models before the next mode
 
     if a.mode == "full" and not a.no_loop:  # the command's own loop, in this process
         import gc

@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomkit.errors import GeomkitError
 from geomkit.probes import attenuation as att
 from geomkit.probes import position as pos
 from geomkit.probes import residual as res

@@ -43,7 +43,7 @@ def test_cached_forward_matches_uncached_at_every_site(whisper):
     for injected in (False, True):
         where = torch.zeros_like(ids, dtype=torch.bool)
         where[:, 2] = True
-        ctx = (lambda: inject(enc, big, mask=where)) if injected else contextlib.nullcontext
+        ctx = (lambda where=where: inject(enc, big, mask=where)) if injected else contextlib.nullcontext
         with capture(enc, sites) as ref, ctx():
             out_ref = _uncached(enc, ids, mask).last_hidden_state
         with capture(enc, sites) as fast, ctx():

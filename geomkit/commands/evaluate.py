@@ -105,6 +105,9 @@ def run(args) -> int:
     check_generation_args(args)
     token, folder, class_word, refs, prompt_set, prompts, out_path = resolve_inputs(args)
     out = report.prepare_out(out_path)
+    from geomkit.runlock import acquire
+
+    _lock = acquire(out, "evaluate")  # one live run per --out (it resumes there); released when run() returns
     img_dir = out / "images"
     settings = generation_settings(args, folder, [token])
     settings_guard(img_dir, settings, overwrite=args.overwrite)

@@ -172,11 +172,14 @@ def run(args) -> int:
     texts = [fill_tokens(p, names) for p in prompts]
 
     out = report.prepare_out(args.out)
+    from geomkit.runlock import acquire
+
+    _lock = acquire(out, "generate")  # one live run per --out (it resumes there); released when run() returns
     img_dir = out / "images"
     settings = generation_settings(args, folder, tokens)
     settings_guard(img_dir, settings, overwrite=args.overwrite)
     jobs, rows = [], []
-    for template, text in zip(prompts, texts):
+    for _template, text in zip(prompts, texts):
         key = hashlib.sha256(text.encode()).hexdigest()[:6]
         row = [Job(text, s, img_dir / f"{slug(text)}-{key}-s{s}.png") for s in args.seeds]
         jobs += row

@@ -62,7 +62,7 @@ def plot(norms, stats, embeddings: dict, specials: dict, title: str, bins: int):
 
     def draw(ax, rng, nbins, legend):
         ax.hist(live, bins=nbins, color="#4C72B0", alpha=0.85, range=rng)
-        for tok, n in specials.items():
+        for n in specials.values():
             if rng is None or rng[0] <= n <= rng[1]:
                 ax.axvline(n, color="#999999", ls=":", lw=0.8, zorder=2)
         for i, ((name, e), c) in enumerate(zip(embeddings.items(), colors * 10)):

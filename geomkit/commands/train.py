@@ -19,14 +19,24 @@ default gemma3-270m, and --texts: sentences that use the placeholder).
 
 Outputs in --out: learned_embeds.safetensors (diffusers format; SDXL also learned_embeds_2 and
 learned_embeds_sdxl with clip_l/clip_g), config.json, train_log.jsonl, results.json, checkpoints/.
-Several GPUs: accelerate launch -m geomkit train ... (the batch is per process)."""
+Several processes: torchrun --nproc_per_node N -m geomkit train ..., or accelerate launch --multi_gpu
+--num_processes N -m geomkit train ... (--multi_gpu also on a CPU-only machine; the batch is per process).
+
+Resume: `geomkit train --out DIR --resume` takes the run's settings from DIR/config.json; on the
+command line only what may change between the pieces of a run: --steps, --save-every,
+--keep-checkpoints, --related, --device, --quiet, the --validation-* settings, --micro-batch-size,
+--gradient-checkpointing, --compile (the result does not depend on them), and (with a warning,
+as the result then differs from an uninterrupted run) --lr, --lr-schedule, --kappa, --batch-size,
+--seed, --mixed-precision, --crossinit-weight, --weight-decay, --flip-p. Anything else that differs
+from the run's own setting is refused. One live run per --out: a second one is refused, naming the
+first one's pid. SIGTERM or Ctrl-C writes a checkpoint at the last completed step and exits 143 / 130."""
 
 EXAMPLES = """examples:
   geomkit train --objective lm --method dti --texts glimmerfox --placeholder '<glimmerfox>' \\
       --init-word fox --related glimmerfox --steps 300 --out runs/gemma-dti
   geomkit train --model ./sdxl-base --method dti --images ./my-dog --placeholder '<my-dog>' \\
       --init-word dog --mixed-precision bf16 --validation-prompt 'a <my-dog> on the moon' --out runs/dog
-  geomkit train ... --out runs/dog --resume          # continue from the newest checkpoint"""
+  geomkit train --out runs/dog --resume --steps 800  # continue from the newest checkpoint, with the run's settings"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,8 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: diffusion for a diffusers pipeline folder, else lm (default: auto)")
     g.add_argument("--model", default=d.model, metavar="SPEC",
                    help="gemma3-270m, a causal LM folder, or an SD 1.x/2.x, SDXL or SANA diffusers pipeline folder (default: gemma3-270m)")
-    g.add_argument("--placeholder", required=True, metavar="TOKEN", help="the new token, e.g. '<my-dog>' (must be new to the vocabulary)")
-    g.add_argument("--init-word", required=True, metavar="WORD", help="one-token word the new token starts from (and the prior's mean)")
+    g.add_argument("--placeholder", metavar="TOKEN", help="required: the new token, e.g. '<my-dog>' (must be new to the vocabulary)")
+    g.add_argument("--init-word", metavar="WORD", help="required: one-token word the new token starts from (and the prior's mean)")
     g.add_argument("--prior-word", default=None, metavar="WORD", help="the vMF prior's mean direction mu, if not --init-word")
     g.add_argument("--num-vectors", type=int, default=d.num_vectors, metavar="N", help="vectors per token: tok, tok_1, ... (default: 1)")
     g = p.add_argument_group("data")
@@ -84,34 +94,181 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default: runs/train)")
     g.add_argument("--save-every", type=int, default=d.save_every, metavar="N", help="checkpoint every N steps (default: only at the end)")
+    g.add_argument("--keep-checkpoints", type=int, default=None, metavar="N",
+                   help="keep only the N newest checkpoints (an older one is removed once a newer one is written; default: all)")
     g.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                   help="continue from the newest checkpoint in --out (or the one given)")
+                   help="continue from the newest good checkpoint in --out (or the one given), with the run's own settings")
     g.add_argument("--related", default=None, metavar="WORDS|FILE",
                    help="words to measure drift against: comma list, a file, or a shipped concept name (glimmerfox)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present; ignored under accelerate launch)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _track_given(p)
+
+
+def _track_given(p: argparse.ArgumentParser) -> None:
+    """Let `run` know which options were typed: each option's default is kept aside and replaced by
+    SUPPRESS, so only typed options reach the namespace (--resume fills the rest from the run)."""
+    defaults = {}
+    for action in p._actions:
+        if action.dest == "help" or action.default is argparse.SUPPRESS:
+            continue
+        defaults[action.dest] = action.default
+        action.default = argparse.SUPPRESS
+    p.set_defaults(_train_defaults=defaults)
+
+
+# Per invocation, never taken from the run being resumed.
+PER_INVOCATION = ("resume", "out", "progress", "device")
+
+
+def _field(dest: str) -> str:
+    return {"quiet": "progress"}.get(dest, dest)
+
+
+def _value(dest: str, value):
+    from geomkit.train.data import read_word_list
+
+    if dest == "quiet":
+        return not value
+    if dest == "related":
+        return read_word_list(value) if isinstance(value, (str, type(None))) else list(value)
+    return value
+
+
+def _same(key: str, a, b) -> bool:
+    if a == b or str(a) == str(b):
+        return True
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    if isinstance(a, str) and isinstance(b, str) and key in ("model", "texts", "images", "templates"):
+        from pathlib import Path
+
+        pa, pb = Path(a).expanduser(), Path(b).expanduser()
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    return False
+
+
+def _saved_settings(out: str, spec) -> tuple:
+    """(settings, where) of the run `--resume` continues: OUT/config.json, else the config recorded
+    in its newest readable checkpoint (or in the checkpoint given); (None, None) if there is none."""
+    import json
+    from pathlib import Path
+
+    from geomkit.train import checkpoint
+
+    def read(path):
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    if spec not in (None, "", "latest"):
+        js = checkpoint.find(out, spec)  # a checkpoint named by the user: its own error if it is not one
+        return (read(js) or {}).get("config"), js
+    cfg_file = Path(out).expanduser() / "config.json"
+    saved = read(cfg_file)
+    if saved is not None:
+        if not isinstance(saved.get("objective"), str):  # config.json records the objective's description there
+            saved["objective"] = "auto"
+        return saved, cfg_file
+    for _step, js in reversed(checkpoint.complete(Path(out).expanduser() / "checkpoints")):
+        meta = read(js)
+        if meta and isinstance(meta.get("config"), dict):
+            return meta["config"], js
+    return None, None
+
+
+def build_config(args):
+    """The TrainConfig of this invocation: typed options over (with --resume) the run's own
+    settings over the defaults. Raises GeomkitError for an option that conflicts with the run."""
+    import dataclasses
+
+    from geomkit.errors import GeomkitError
+    from geomkit.train import TrainConfig
+    from geomkit.train.loop import STRICT_RESUME
+
+    defaults = args._train_defaults
+    given = {_field(k): _value(k, v) for k, v in vars(args).items() if k in defaults}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {_field(k): _value(k, v) for k, v in defaults.items() if _field(k) in fields}
+    resume = given.get("resume")
+    if resume is not None:
+        out = given.get("out", defaults["out"])
+        saved, where = _saved_settings(out, resume)
+        if saved is None and not {"placeholder", "init_word"} <= set(given):
+            raise GeomkitError(f"--resume: {out} holds no run to resume (no config.json, no checkpoint); "
+                               "start it without --resume")
+        if saved is not None:
+            for key in fields - set(PER_INVOCATION):
+                if key in saved:
+                    values[key] = saved[key]
+            clash = [k for k in STRICT_RESUME if k in given and k in saved and not _same(k, given[k], saved[k])
+                     and not (k == "objective" and given[k] == "auto")]
+            if clash:
+                shown = "; ".join(f"--{k.replace('_', '-')} {given[k]} (the run has {saved[k]!r})" for k in clash)
+                raise GeomkitError(f"--resume: {shown}: a resumed run keeps its own setting ({where}); drop the "
+                                   "option, or train into another --out")
+    else:
+        missing = [f"--{k.replace('_', '-')}" for k in ("placeholder", "init_word") if k not in given]
+        if missing:
+            raise GeomkitError(f"{' and '.join(missing)} required: the new token (e.g. '<my-dog>') and a one-token word "
+                               "it starts from (e.g. dog); or --resume to continue the run in --out")
+    values.update({k: v for k, v in given.items() if k in fields})
+    return TrainConfig(**values), set(given)
+
+
+def _accelerate_single_process() -> None:
+    """`accelerate launch --num_processes N` without a GPU (or --multi_gpu) starts the script once,
+    with no sign of it; say so instead of training in one process."""
+    import os
+    import re
+
+    from geomkit.errors import GeomkitError
+
+    if "WORLD_SIZE" in os.environ or "ACCELERATE_USE_CPU" not in os.environ:
+        return
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as fh:
+            parent = [a.decode(errors="replace") for a in fh.read().split(b"\0")]
+    except OSError:
+        return
+    if not any("accelerate" in a for a in parent[:3]):
+        return
+    n = None
+    for i, a in enumerate(parent):
+        m = re.fullmatch(r"--num[_-]processes(?:=(\d+))?", a)
+        if m:
+            n = m.group(1) or (parent[i + 1] if i + 1 < len(parent) else None)
+    if n and n.isdigit() and int(n) > 1:
+        raise GeomkitError(
+            f"accelerate launch --num_processes {n} started only one process: without --multi_gpu (or several GPUs) "
+            f"accelerate runs the script once; use accelerate launch --multi_gpu --num_processes {n} -m geomkit train ... "
+            f"(on a CPU-only machine too) or torchrun --nproc_per_node {n} -m geomkit train ..."
+        )
 
 
 def run(args) -> int:
-    from geomkit.report import table_text
-    from geomkit.train import TrainConfig, train
-    from geomkit.train.data import read_word_list
-
-    cfg = TrainConfig(
-        method=args.method, objective=args.objective, model=args.model, placeholder=args.placeholder,
-        init_word=args.init_word, prior_word=args.prior_word, magnitude=args.magnitude, kappa=args.kappa,
-        num_vectors=args.num_vectors, lr=args.lr, lr_schedule=args.lr_schedule, steps=args.steps,
-        batch_size=args.batch_size, seed=args.seed, mixed_precision=args.mixed_precision, save_every=args.save_every,
-        resume=args.resume, out=args.out, texts=args.texts, max_length=args.max_length, images=args.images,
-        resolution=args.resolution, templates=args.templates, flip_p=args.flip_p,
-        validation_prompts=args.validation_prompts, validation_steps=args.validation_steps,
-        validation_images=args.validation_images, validation_inference_steps=args.validation_inference_steps,
-        crossinit_weight=args.crossinit_weight, weight_decay=args.weight_decay, related=read_word_list(args.related),
-        progress=not args.quiet, device=args.device,
-        micro_batch_size=args.micro_batch_size, gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
-    )
-    res = train(cfg)
+    import dataclasses
     import os
+    import sys
+
+    from geomkit.report import table_text
+    from geomkit.train import train
+    from geomkit.train.config import check, check_objective_options
+    from geomkit.train.loop import Stopped
+    from geomkit.train.objectives import detect
+
+    _accelerate_single_process()
+    cfg, given = build_config(args)
+    cfg = check(cfg)
+    check_objective_options(dataclasses.replace(cfg, objective=detect(cfg)), given)
+    try:
+        res = train(cfg)
+    except Stopped as stop:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"geomkit train: {stop}", file=sys.stderr, flush=True)
+        return stop.exit_code
 
     if int(os.environ.get("RANK", "0")) != 0:  # several processes: the main one reports
         return 0

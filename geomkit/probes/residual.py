@@ -369,8 +369,8 @@ def by_scale(rows: list) -> list:
     for (concept, scale), group in seen.items():
         n = sum(g["n_prompts"] for g in group)
         w = [g["n_prompts"] / n for g in group]
-        avg = lambda k: sum(wi * g[k] for wi, g in zip(w, group))  # noqa: E731
-        per_block = lambda k: [sum(wi * g[k][i] for wi, g in zip(w, group)) for i in range(len(group[0][k]))]  # noqa: E731
+        avg = lambda k: sum(wi * g[k] for wi, g in zip(w, group))  # noqa: E731, B023 (used at once, inside the loop)
+        per_block = lambda k: [sum(wi * g[k][i] for wi, g in zip(w, group)) for i in range(len(group[0][k]))]  # noqa: E731, B023
         row = (
             {
                 "concept": concept,

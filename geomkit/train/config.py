@@ -42,6 +42,7 @@ class TrainConfig:
     seed: int = 42
     mixed_precision: str = "no"
     save_every: int = 0  # 0: a checkpoint at the end only
+    keep_checkpoints: Optional[int] = None  # None: keep all; N: the N newest (older ones removed once a newer is written)
     resume: Optional[str] = None  # None: fresh run; "latest": newest checkpoint in out; or a checkpoint path
     out: str = "runs/train"
     # lm objective
@@ -89,9 +90,109 @@ def magnitude_spec(text) -> str:
         value = float(text)
     except ValueError:
         raise GeomkitError(f"--magnitude {text}: use mean, min, max or a positive number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise GeomkitError(f"--magnitude {text}: m* must be a positive finite number (the norm every learned vector keeps)")
+    if not math.isfinite(value) or value <= 0 or value > 1e4:
+        raise GeomkitError(f"--magnitude {text}: m* must be a positive finite number up to 1e4 (the norm every learned vector keeps)")
     return text
+
+
+# Ranges of the numeric settings: beyond them a run is meaningless or overflows float32 later
+# (e.g. TI with --lr 1e38), so they are refused before anything is loaded or written.
+FLOAT_RANGES = {  # name: (low, high, low is allowed)
+    "kappa": (0.0, 1e4, True),
+    "lr": (0.0, 10.0, False),
+    "flip_p": (0.0, 1.0, True),
+    "crossinit_weight": (0.0, 1e6, True),
+    "weight_decay": (0.0, 100.0, True),
+}
+INT_RANGES = {  # name: (low, high)
+    "steps": (1, 10**8),
+    "batch_size": (1, 10**5),
+    "num_vectors": (1, 1000),
+    "max_length": (2, 10**6),
+    "save_every": (0, 10**8),
+    "validation_steps": (0, 10**8),
+    "validation_images": (1, 1000),
+    "validation_inference_steps": (1, 10**4),
+    "seed": (0, 2**63 - 1),
+}
+# Options that only the diffusion objective reads, with their defaults.
+DIFFUSION_ONLY = {
+    "images": None, "resolution": None, "templates": "object", "flip_p": 0.5, "validation_prompts": [],
+    "validation_steps": 100, "validation_images": 1, "validation_inference_steps": 25,
+}
+LM_ONLY = {"texts": None, "max_length": 64}
+
+
+def flag(name: str) -> str:
+    return {"validation_prompts": "--validation-prompt", "progress": "--quiet"}.get(name, "--" + name.replace("_", "-"))
+
+
+def _check_numbers(cfg: "TrainConfig") -> None:
+    for name, (lo, hi, lo_ok) in FLOAT_RANGES.items():
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise GeomkitError(f"{flag(name)} {value!r}: must be a number")
+        if not math.isfinite(value) or value < lo or (value == lo and not lo_ok) or value > hi:
+            low = f">= {lo:g}" if lo_ok else f"> {lo:g}"
+            raise GeomkitError(f"{flag(name)} {value}: must be a finite number {low} and <= {hi:g}")
+    for name, (lo, hi) in INT_RANGES.items():
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise GeomkitError(f"{flag(name)} {value!r}: must be a whole number")
+        if not lo <= value <= hi:
+            raise GeomkitError(f"{flag(name)} {value}: must be between {lo} and {hi}")
+    k = cfg.keep_checkpoints
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 10**8):
+        raise GeomkitError(f"--keep-checkpoints {k}: keep at least 1 (leave it out to keep every checkpoint)")
+    if cfg.resolution is not None and (isinstance(cfg.resolution, bool) or not isinstance(cfg.resolution, int)
+                                       or not 8 <= cfg.resolution <= 8192):
+        raise GeomkitError(f"--resolution {cfg.resolution}: a multiple of 8 between 8 and 8192 (e.g. 512, 768, 1024)")
+
+
+def check_device(device: Optional[str]) -> None:
+    """--device names a device this machine has (cuda without CUDA is refused here, not mid-run)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(str(device))
+    except (RuntimeError, ValueError):
+        raise GeomkitError(f"--device {device}: not a device name; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GeomkitError(f"--device {device}: CUDA is not available on this machine; use --device cpu or leave --device out")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise GeomkitError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise GeomkitError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+
+
+def check_model(spec: str) -> None:
+    """--model names a model or pipeline folder (checked before the data, so a folder that is not a
+    model is reported as such and not as a missing --texts)."""
+    from geomkit.models import ALIASES, resolve_spec
+
+    if not spec or not str(spec).strip():
+        raise GeomkitError("--model '': give gemma3-270m, a causal LM folder or a diffusers pipeline folder")
+    if spec in ALIASES:
+        return
+    folder = resolve_spec(spec, progress=False)
+    if not (folder / "model_index.json").is_file() and not (folder / "config.json").is_file():
+        raise GeomkitError(f"--model {spec}: not a model folder (it has neither model_index.json, a diffusers pipeline, "
+                           "nor config.json, a transformers model)")
+
+
+def check_objective_options(cfg: "TrainConfig", given=()) -> None:
+    """Options of the other objective are refused, not silently ignored: those changed from their
+    defaults, and (from the command line) those given at all."""
+    other = DIFFUSION_ONLY if cfg.objective == "lm" else LM_ONLY if cfg.objective == "diffusion" else {}
+    used = [k for k, default in other.items() if k in given or getattr(cfg, k) != default]
+    if used:
+        names = ", ".join(dict.fromkeys(flag(k) for k in used))
+        raise GeomkitError(f"{names}: only the {'diffusion' if cfg.objective == 'lm' else 'lm'} objective reads "
+                           f"{'it' if len(used) == 1 else 'them'}; this run's objective is {cfg.objective} "
+                           f"(--model {cfg.model}); drop {'it' if len(used) == 1 else 'them'}")
 
 
 def check(cfg: TrainConfig) -> TrainConfig:
@@ -120,11 +221,28 @@ def check(cfg: TrainConfig) -> TrainConfig:
         raise GeomkitError("--crossinit-weight and --weight-decay must be >= 0")
     if cfg.resolution is not None and (cfg.resolution < 8 or cfg.resolution % 8):
         raise GeomkitError(f"--resolution {cfg.resolution}: use a multiple of 8 (e.g. 512, 768, 1024)")
+    _check_numbers(cfg)
     if not cfg.init_word or not cfg.init_word.strip():
         raise GeomkitError("--init-word is required: a word that is one token and describes the concept (e.g. dog)")
     if not cfg.placeholder or any(ch.isspace() for ch in cfg.placeholder):
         raise GeomkitError(f"--placeholder {cfg.placeholder!r}: a non-empty string without spaces, e.g. <my-dog>")
+    from geomkit.train.data import token_strings
+
+    new = token_strings(cfg.placeholder, cfg.num_vectors)
+    if cfg.init_word.strip() in new:
+        raise GeomkitError(f"--placeholder {cfg.placeholder}: equals --init-word; the placeholder must be a new string "
+                           f"(not already in the vocabulary, e.g. <{cfg.init_word.strip()}>) and --init-word the existing "
+                           "word it starts from")
+    if cfg.prior_word is not None and cfg.prior_word.strip() in new:
+        raise GeomkitError(f"--prior-word {cfg.prior_word}: that is the new token itself; give an existing word (or leave "
+                           "it out to use --init-word)")
+    if cfg.prior_word is not None and not cfg.prior_word.strip():
+        raise GeomkitError("--prior-word '': give a word, or leave it out to use --init-word")
+    if not str(cfg.out).strip():
+        raise GeomkitError("--out '': give the output folder (e.g. runs/my-run)")
     cfg.micro_batch_size = micro_batch_spec(cfg.micro_batch_size, cfg.batch_size)
+    check_device(cfg.device)
+    check_model(cfg.model)
     return cfg
 
 

@@ -9,6 +9,12 @@ and at the end; a non-finite loss stops the run, keeping the last good state as 
 Several processes (`accelerate launch` / `torchrun`): each draws its own examples and noise
 (a pure function of seed, step and rank), the few gradient rows are averaged with one
 all-reduce, every process takes the same step; only the main process writes files.
+
+Faults: the main process holds the output folder's run lock (geomkit.runlock) for the run's
+whole life; SIGTERM or Ctrl-C lets the current step finish, writes a checkpoint there and raises
+`Stopped` (the CLI exits 143 / 130); a failed checkpoint write (a full disk) is one line and
+leaves the previous checkpoint as it was; `--keep-checkpoints N` prunes older checkpoints once a
+newer one is complete; `--resume` skips checkpoints that fail their integrity check.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import statistics
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,7 +33,7 @@ from typing import Optional
 
 from geomkit.errors import GeomkitError
 from geomkit.train import checkpoint, data, objectives
-from geomkit.train.config import TrainConfig, check
+from geomkit.train.config import TrainConfig, check, check_objective_options
 
 STRICT_RESUME = (
     "method", "objective", "model", "placeholder", "init_word", "prior_word", "magnitude", "num_vectors",
@@ -103,6 +111,17 @@ class _Dist:
         if self._state is not None:
             self._state.wait_for_everyone()
 
+    def any(self, flag: bool) -> bool:
+        """True on every process when `flag` is true on one (a stop request reaches them all)."""
+        if self.world == 1:
+            return flag
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
 
 def _say(msg: str, main: bool = True) -> None:
     if main:
@@ -148,7 +167,11 @@ def _write_log(out: Path, log: list) -> None:
 
     from geomkit.report import write_text
 
-    write_text(out / "train_log.jsonl", "".join(json.dumps(line) + "\n" for line in log))
+    try:
+        write_text(out / "train_log.jsonl", "".join(json.dumps(line) + "\n" for line in log))
+    except OSError as exc:
+        raise GeomkitError(f"cannot write {out / 'train_log.jsonl'} ({exc.strerror or exc}); the checkpoints "
+                           "in checkpoints/ are intact: free space, then continue with --resume") from None
 
 
 def _resume_check(cfg: TrainConfig, saved: dict, main: bool) -> None:
@@ -161,6 +184,39 @@ def _resume_check(cfg: TrainConfig, saved: dict, main: bool) -> None:
     if soft:
         _say("resuming with changed settings (the result will differ from an uninterrupted run): "
              + ", ".join(f"{k} {saved.get(k)} -> {getattr(cfg, k)}" for k in soft), main)
+
+
+def _check_token_room(cfg: TrainConfig, sess) -> None:
+    """Every training text must keep all of the placeholder's tokens within what the encoder reads
+    (--max-length for lm; the text encoder's own limit, 77 for CLIP, for diffusion); else some
+    vectors would never be trained or the token would be cut off."""
+    from geomkit.train.data import expand_placeholder
+
+    obj = sess.obj
+    new = {i for s in sess.slots for i in s.token_ids}
+    if getattr(obj, "kind", None) == "lm":
+        texts = [(f"--texts line {k + 1}", expand_placeholder(t, cfg.placeholder, cfg.num_vectors))
+                 for k, t in enumerate(obj.lines)]
+        limits = [(obj.enc, cfg.max_length, f"--max-length {cfg.max_length}")]
+    else:
+        prompts = getattr(obj, "prompts", None) or []
+        texts = [(f"--templates prompt {p!r}", p) for p in prompts]
+        limits = []
+        for enc in obj.encoders:
+            limit = getattr(obj, "MAX_SEQUENCE_LENGTH", None) or getattr(enc.tokenizer, "model_max_length", None)
+            if limit and limit < 10**6:
+                limits.append((enc, int(limit), f"the text encoder's limit of {int(limit)} tokens"))
+    for enc, limit, what in limits:
+        for where, text in texts:
+            ids = enc.tokenizer(text)["input_ids"]
+            kept = enc.tokenizer(text, truncation=True, max_length=limit)["input_ids"]
+            last = max((i for i, t in enumerate(ids) if t in new), default=-1)
+            if sum(t in new for t in kept) < sum(t in new for t in ids):
+                hint = ("use fewer --num-vectors or a shorter text" if cfg.num_vectors > 1 else
+                        ("raise --max-length or shorten the line" if obj.kind == "lm" else "shorten the template"))
+                raise GeomkitError(f"{where} needs {last + 1} tokens to hold the placeholder ({cfg.num_vectors} "
+                                   f"vector{'s' if cfg.num_vectors > 1 else ''}), more than {what}: part of it would "
+                                   f"never be trained; {hint}")
 
 
 def _peak_memory_mb(device) -> float:
@@ -391,7 +447,81 @@ class Session:
         return mode() if mode is not None else nullcontext()
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or Ctrl-C ended the run: `checkpoint` (if any) holds the state after `step`."""
+
+    def __init__(self, signum: int, step=None, checkpoint=None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + int(signum)
+        name = signal.Signals(signum).name
+        if checkpoint is not None:
+            msg = f"stopped by {name} after step {step}; checkpoint {checkpoint}; continue with --resume"
+        else:
+            msg = f"stopped by {name} before this run wrote a checkpoint (checkpoints already in --out are unchanged)"
+        super().__init__(msg)
+
+
+class _Signals:
+    """SIGINT/SIGTERM during the steps: finish the step, checkpoint, stop. Outside the steps (model
+    loading, final outputs), or a second signal: stop at once (every file is written atomically)."""
+
+    def __init__(self):
+        self.signum = None
+        self.deferring = False
+        self.step = None  # the newest checkpoint written by this run: (step, path)
+        self._old = {}
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    self._old[sig] = signal.signal(sig, self._handle)
+                except (ValueError, OSError):
+                    pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum, frame) -> None:
+        if self.deferring and self.signum is None:
+            self.signum = signum
+            return
+        step, path = self.step or (None, None)
+        raise Stopped(signum, step, path)
+
+
 def train(cfg: TrainConfig) -> dict:
+    """Check the settings, lock --out for this run, train (see the module docstring).
+
+    Raises GeomkitError for bad input (nothing written: a folder this call created is removed
+    again) and Stopped on SIGTERM / Ctrl-C (after a checkpoint at the last completed step)."""
+    from geomkit import runlock
+    from geomkit.report import prepare_out
+
+    cfg = check(cfg)
+    cfg.objective = objectives.detect(cfg)
+    check_objective_options(cfg)
+    created = not Path(cfg.out).expanduser().exists()
+    out = prepare_out(cfg.out)
+    lock = runlock.acquire(out, "train")
+    try:
+        with _Signals() as sig:
+            return _train(cfg, sig)
+    except GeomkitError:
+        lock.release()
+        if created:  # refused before anything was written: leave no empty folder behind
+            try:
+                out.rmdir()
+            except OSError:
+                pass
+        raise
+    finally:
+        lock.release()
+
+
+def _train(cfg: TrainConfig, sig: _Signals) -> dict:
     import numpy as np
     import torch
 
@@ -404,8 +534,11 @@ def train(cfg: TrainConfig) -> dict:
     out = prepare_out(cfg.out)
     ckpt_dir = out / "checkpoints"
     resume_meta = resume_tensors = None
-    if cfg.resume is not None:
-        js = checkpoint.find(out, cfg.resume)
+    checkpoint.remove_stale_temporaries(ckpt_dir)  # writes cut short by a kill (we hold the run lock)
+    if cfg.resume == "latest" and not checkpoint.complete(ckpt_dir) and (out / "config.json").is_file():
+        _say(f"no checkpoint in {ckpt_dir} yet (the run stopped before its first one): starting from step 0")
+    elif cfg.resume is not None:
+        js = checkpoint.find(out, cfg.resume, warn=_say)
         resume_meta, resume_tensors = checkpoint.load(js)
         _resume_check(cfg, resume_meta.get("config", {}), True)
     elif checkpoint.complete(ckpt_dir):
@@ -420,6 +553,7 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
 
     sess = Session(cfg, inputs, dist)
+    _check_token_room(cfg, sess)
     obj, slots, params, opt = sess.obj, sess.slots, sess.params, sess.opt
     autocast = sess.autocast
 
@@ -454,9 +588,19 @@ def train(cfg: TrainConfig) -> dict:
         tensors.update(optimizer_state_tensors(opt))
         meta = {"config": cfg.to_dict(), "log": log, "train_seconds": prior_seconds + (time.perf_counter() - t_start),
                 "format": 1}
-        path = checkpoint.save(ckpt_dir, step, tensors, meta) if dist.main else None
+        path = None
+        if dist.main:
+            try:
+                path = checkpoint.save(ckpt_dir, step, tensors, meta)
+            except OSError as exc:
+                kept = (f"the previous checkpoint {checkpoint.paths(ckpt_dir, last_saved)[1]} is intact"
+                        if last_saved else "no earlier checkpoint exists")
+                raise GeomkitError(f"cannot write the checkpoint at step {step} in {ckpt_dir} ({exc.strerror or exc}); "
+                                   f"{kept}: free space, then continue with --resume") from None
+            checkpoint.prune(ckpt_dir, cfg.keep_checkpoints, step)
         dist.barrier()
         last_saved = step
+        sig.step = (step, path)
         return path
 
     from tqdm.auto import tqdm
@@ -466,6 +610,8 @@ def train(cfg: TrainConfig) -> dict:
     t_start = time.perf_counter()
     last_flush = time.perf_counter()
     step_times = []
+    sig.deferring = True
+    finished = False
     try:
         for step in range(start + 1, cfg.steps + 1):
             t0 = time.perf_counter()
@@ -490,10 +636,20 @@ def train(cfg: TrainConfig) -> dict:
             if cfg.validation_steps and cfg.validation_prompts and step % cfg.validation_steps == 0 and dist.main:
                 with autocast():
                     obj.validate(slots, step, out)
+            if dist.any(sig.signum is not None):  # SIGTERM / Ctrl-C: keep this step, then stop
+                signum = sig.signum or signal.SIGTERM
+                path = save(step) if last_saved != step else sig.step[1]
+                raise Stopped(signum, step, path)
+        finished = True
     finally:
+        sig.deferring = False
         bar.close()
         if dist.main and log:
-            _write_log(out, log)
+            try:
+                _write_log(out, log)
+            except GeomkitError:
+                if finished:  # else an error is already on its way out: that is the one to report
+                    raise
     seconds = prior_seconds + (time.perf_counter() - t_start)
 
     # ---- outputs ----------------------------------------------------------------------------
