@@ -149,10 +149,31 @@ def pipeline_dir(spec) -> Path:
 
     if spec in ALIASES:
         raise GeomkitError(f"--model {spec} is a text model, not a diffusion pipeline; give a diffusers pipeline folder")
+    from geomkit.models import read_config
+
     folder = resolve_spec(str(spec), progress=False)
     if not (folder / "model_index.json").is_file():
         raise GeomkitError(f"--model {spec}: not a diffusers pipeline folder (no model_index.json)")
+    index = read_config(folder / "model_index.json", str(spec))
+    missing = [k for k, v in index.items()
+               if not k.startswith("_") and k != "safety_checker" and isinstance(v, (list, tuple)) and len(v) == 2
+               and v[0] is not None and v[1] is not None and not (folder / k).is_dir()]
+    if missing:
+        raise GeomkitError(f"--model {spec}: the pipeline folder lacks the component folder(s) {', '.join(missing)}/ that "
+                           "model_index.json lists; copy the whole pipeline")
     return folder
+
+
+def check_token_names(folder, tokens, option: str = "--token") -> None:
+    """Every learned token's name is new to the pipeline's tokenizers (load_textual_inversion
+    would refuse it only after the pipeline loaded and files were written)."""
+    from geomkit.models import check_new_token, load_tokenizers
+
+    if not tokens:
+        return
+    tokenizers = load_tokenizers(str(folder))
+    for tok in tokens:
+        check_new_token(tok.name, tokenizers, option)
 
 
 def quiet_loading() -> None:
@@ -400,12 +421,10 @@ def save_png(path, image) -> Path:
     return Path(path)
 
 
-def settings_guard(folder: Path, settings: dict, overwrite: bool = False) -> None:
+def settings_guard(folder: Path, settings: dict, overwrite: bool = False, record: bool = True) -> None:
     """Resume only images made with the same settings: `folder/generation.json` records them; a
-    mismatch is an error (or, with `overwrite`, the old PNGs are removed)."""
-    from geomkit.report import write_json
-
-    folder.mkdir(parents=True, exist_ok=True)
+    mismatch is an error (or, with `overwrite`, the old PNGs are removed). With record=False the
+    check runs but nothing is written yet (call `record_settings` once the pipeline has loaded)."""
     f = folder / "generation.json"
     if f.is_file():
         try:
@@ -421,7 +440,14 @@ def settings_guard(folder: Path, settings: dict, overwrite: bool = False) -> Non
                 )
             for png in folder.glob("*.png"):
                 png.unlink()
-    write_json(f, settings)
+    if record:
+        record_settings(folder, settings)
+
+
+def record_settings(folder: Path, settings: dict) -> None:
+    from geomkit.report import write_json
+
+    write_json(Path(folder) / "generation.json", settings)
 
 
 def token_fingerprint(tokens: Sequence[Token]) -> dict:

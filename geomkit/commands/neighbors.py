@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geomkit.commands._common import add_model_args, add_out_arg
+from geomkit.commands._common import add_model_args, add_out_arg, existing_file, nonempty, positive_int
 
 NAME = "neighbors"
 ORDER = 10
@@ -15,10 +15,10 @@ DESCRIPTION = (
 
 
 def add_arguments(p):
-    p.add_argument("words", nargs="*", metavar="WORD", help="query words, each a single token (e.g. apple study writing)")
-    p.add_argument("--embedding", nargs="+", default=[], metavar="FILE", help="learned embedding file(s) (.safetensors) to query")
-    p.add_argument("-k", "--top-k", type=int, default=10, help="neighbours per query (default 10)")
-    p.add_argument("--related", nargs="+", default=[], metavar="WORD", help="also report the cosine of each query to these words (semantic drift, Fig. 1b)")
+    p.add_argument("words", nargs="*", type=nonempty("word"), metavar="WORD", help="query words, each a single token (e.g. apple study writing)")
+    p.add_argument("--embedding", nargs="+", default=[], type=existing_file, metavar="FILE", help="learned embedding file(s) (.safetensors) to query")
+    p.add_argument("-k", "--top-k", type=positive_int, default=10, help="neighbours per query (default 10)")
+    p.add_argument("--related", nargs="+", default=[], type=nonempty("word"), metavar="WORD", help="also report the cosine of each query to these words (semantic drift, Fig. 1b)")
     add_model_args(p)
     add_out_arg(p, "runs/neighbors")
 
