@@ -98,6 +98,8 @@ def float_range(lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = Fals
             right = "" if hi is None else (f"{hi:g})" if hi_open else f"{hi:g}]")
             span = f"greater than {lo:g}" if hi is None and lo_open else (f"at least {lo:g}" if hi is None else f"in {left}, {right}")
             subject = f"{what} " if what else ""
+            if lo is not None and hi is not None:
+                raise argparse.ArgumentTypeError(f"{value:g} is outside {left}, {right}" + (f" ({what})" if what else ""))
             raise argparse.ArgumentTypeError(f"{subject}must be {span}, not {value:g}")
         return value
 
@@ -154,7 +156,15 @@ def int_list_range(lo=None, hi=None, what: str = "value"):
 
 def scale_list(text: str) -> list[float]:
     """Embedding scales m: positive, finite, and small enough not to overflow inside the model."""
-    values = number_list(0, None, lo_open=True, what="scale")(text)
+    values = []
+    for item in _items(text):
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: not a comma-separated list of numbers (e.g. 0.5,1,2,4)") from None
+    bad = [v for v in values if not (v > 0 and math.isfinite(v))]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{text!r}: every scale must be a positive finite number (got {bad[0]:g})")
     bad = [v for v in values if not (MIN_SCALE <= v <= MAX_SCALE)]
     if bad:
         raise argparse.ArgumentTypeError(
@@ -223,7 +233,7 @@ def out_dir(text: str) -> str:
         if parent.exists():
             if not parent.is_dir():
                 where = "is a file" if parent == p else f"lies under {parent}, which is a file"
-                raise argparse.ArgumentTypeError(f"{text} {where}; give a folder")
+                raise argparse.ArgumentTypeError(f"{text}: not a writable folder ({where}); give a folder")
             break
     return text
 

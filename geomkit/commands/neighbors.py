@@ -53,6 +53,8 @@ def run(args) -> int:
         raise GeomkitError(f"--top-k must be at least 1, not {args.top_k}")
     out = report.prepare_out(args.out)
     enc = load_encoder(args.model, encoder=args.encoder)
+    if args.top_k >= enc.vocab_size:
+        raise GeomkitError(f"--top-k {args.top_k}: the vocabulary of {enc.name} has only {enc.vocab_size} tokens")
     queries = query_table(enc, args.words, args.embedding, args.top_k)
     import torch
 
