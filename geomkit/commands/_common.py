@@ -270,3 +270,13 @@ def word_csv(text: str) -> str:
     """argparse type: comma-separated words, none empty (kept as the text)."""
     _items(text)
     return text
+
+
+def no_duplicates(values, option: str, paths: bool = False) -> None:
+    """A value given twice would be reported once (results are keyed by it): refuse it."""
+    seen = set()
+    for v in values or []:
+        key = Path(v).expanduser().resolve() if paths else v
+        if key in seen:
+            raise GeomkitError(f"{option}: {v} is given twice; give each once")
+        seen.add(key)

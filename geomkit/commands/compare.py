@@ -223,6 +223,14 @@ def run(args) -> int:
 
     if args.labels and len(args.labels) != len(args.runs):
         raise GeomkitError(f"--labels gives {len(args.labels)} label(s) for {len(args.runs)} run(s)")
+    from pathlib import Path
+
+    seen = {}
+    for r in args.runs:
+        key = Path(r).expanduser().resolve()
+        if key in seen:
+            raise GeomkitError(f"run {r} is given twice (also as {seen[key]}); give each run once")
+        seen[key] = r
     runs = [load_run(r, args.eval_dir) for r in args.runs]
     labels = list(args.labels) if args.labels else [r["dir"].resolve().name for r in runs]
     if len(set(labels)) != len(labels):

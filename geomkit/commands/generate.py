@@ -175,6 +175,10 @@ def run(args) -> int:
     if not prompts:
         raise GeomkitError("no prompts: give --prompt TEXT (repeatable) or --prompts FILE")
     names = [t.name for t in tokens]
+    if not names:
+        with_slot = next((p for p in prompts if re.search(r"\{\d*\}", p)), None)
+        if with_slot is not None:
+            raise GeomkitError(f"prompt {with_slot!r} has a '{{}}' placeholder but no learned token is given (--embedding FILE or --run RUN_DIR)")
     texts = [fill_tokens(p, names) for p in prompts]
     check_token_names(folder, tokens)
 

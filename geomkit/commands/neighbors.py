@@ -51,6 +51,11 @@ def run(args) -> int:
         raise GeomkitError("give at least one WORD or --embedding FILE")
     if args.top_k < 1:
         raise GeomkitError(f"--top-k must be at least 1, not {args.top_k}")
+    from geomkit.commands._common import no_duplicates
+
+    no_duplicates(args.words, "WORD")
+    no_duplicates(args.embedding, "--embedding", paths=True)
+    no_duplicates(args.related, "--related")
     out = report.prepare_out(args.out)
     enc = load_encoder(args.model, encoder=args.encoder)
     if args.top_k >= enc.vocab_size:

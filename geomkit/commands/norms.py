@@ -59,6 +59,9 @@ def run(args) -> int:
 
     if args.extremes < 0 or args.bins < 1:
         raise GeomkitError("--extremes must be >= 0 and --bins >= 1")
+    from geomkit.commands._common import no_duplicates
+
+    no_duplicates(args.embedding, "--embedding", paths=True)
     out = report.prepare_out(args.out)
     enc = load_encoder(args.model, encoder=args.encoder)
     learned = load_learned_set(args.embedding, d_model=enc.d_model)

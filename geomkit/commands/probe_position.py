@@ -79,6 +79,10 @@ def run(args) -> int:
     _args.positive_int(args.min_support, "--min-support")
     prompts = _args.subsample(read_prompts(args.prompts), args.max_prompts, args.seed)
     train_p, test_p = split_prompts(prompts, args.held_out, args.seed)
+    if args.min_support > len(train_p):
+        from geomkit.errors import GeomkitError
+
+        raise GeomkitError(f"--min-support {args.min_support}: there are only {len(train_p)} training prompts; give at most that")
     out = report.prepare_out(args.out)
     enc = load(args)
     site = pos.default_site(enc, args.site)
