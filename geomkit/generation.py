@@ -229,8 +229,9 @@ def load_pipeline(spec, *, device: str = "auto", dtype: str = "auto", scheduler:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
         pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise GeomkitError(f"--model {spec}: cannot load the pipeline ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # damaged weights or configs surface as many exception types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise GeomkitError(f"--model {spec}: cannot load the pipeline ({first})") from None
     if scheduler not in SCHEDULERS:
         raise GeomkitError(f"--scheduler {scheduler}: choose one of {', '.join(SCHEDULERS)}")
     if SCHEDULERS[scheduler]:

@@ -275,7 +275,8 @@ def check_tokenizer_dir(tok_dir: Path, spec: str) -> None:
     (its message for a missing tokenizer asks to install sentencepiece)."""
     if not any((Path(tok_dir) / f).is_file() for f in TOKENIZER_FILES):
         hint = (" (this looks like the text_encoder folder of a diffusers pipeline: give the pipeline folder itself)"
-                if (Path(tok_dir).parent / "model_index.json").is_file() else "")
+                if Path(tok_dir).name.startswith("text_encoder") and (Path(tok_dir).parent / "model_index.json").is_file()
+                else "; the folder is incomplete")
         raise GeomkitError(f"--model {spec}: {tok_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...){hint}")
 
 

@@ -11,7 +11,7 @@ HELP = "vocabulary token-norm histogram and statistics, learned embeddings marke
 
 def add_arguments(p):
     p.add_argument("--embedding", nargs="+", default=[], type=existing_file, metavar="FILE", help="learned embedding file(s) to place on the histogram")
-    p.add_argument("--extremes", type=nonnegative_int, default=5, help="how many largest/smallest-norm tokens to list (default 5)")
+    p.add_argument("--extremes", type=int_range(0, 1000, "the number of extremes"), default=5, help="how many largest/smallest-norm tokens to list (default 5)")
     p.add_argument("--bins", type=int_range(1, 100_000, "the number of bins"), default=200, help="histogram bins (default 200)")
     add_model_args(p)
     add_out_arg(p, "runs/norms")

@@ -73,6 +73,9 @@ def run(args) -> int:
 
     scales = _args.parse_scales(args.scales)
     _args.check_files(args.embedding)
+    from geomkit.commands._common import no_duplicates
+
+    no_duplicates(args.embedding, "--embedding", paths=True)
     _args.positive_int(args.max_prompts, "--max-prompts")
     _args.positive_int(args.hidden, "--hidden")
     _args.positive_int(args.epochs, "--epochs")

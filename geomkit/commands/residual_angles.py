@@ -74,6 +74,10 @@ def run(args) -> int:
     if not words:
         raise GeomkitError("--words: give at least one word (comma-separated)")
     _args.check_files(args.embedding)
+    from geomkit.commands._common import no_duplicates
+
+    no_duplicates(words, "--words")
+    no_duplicates(args.embedding, "--embedding", paths=True)
     _args.positive_int(args.max_prompts, "--max-prompts")
     templates = _args.subsample(read_prompts(args.prompts, default=EVAL_PROMPTS, placeholder=True), args.max_prompts, args.seed)
     out = report.prepare_out(args.out)
