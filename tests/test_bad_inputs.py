@@ -24,6 +24,9 @@ def world(tiny_dir, tmp_path_factory):
     v = torch.randn(1, 32, generator=torch.Generator().manual_seed(0))
     save_learned(root / "a.safetensors", "<a>", v / v.norm() * 0.4)
     w["EMB"] = str(root / "a.safetensors")
+    u = torch.randn(1, 32, generator=torch.Generator().manual_seed(1))
+    save_learned(root / "b.safetensors", "<b>", u / u.norm() * 0.4)
+    w["EMB2"] = str(root / "b.safetensors")
     (root / "file.txt").write_text("not a folder\n")
     w["FILE"] = str(root / "file.txt")
     (root / "folder").mkdir()
@@ -33,6 +36,10 @@ def world(tiny_dir, tmp_path_factory):
     shutil.copytree(w["CLIP"], bad)
     (bad / "config.json").write_text('{"model_type": "clip_text_model",')
     w["BADJSON"] = str(bad)
+    weights = root / "badweights"
+    shutil.copytree(w["CLIP"], weights)
+    (weights / "model.safetensors").write_bytes(b"garbage")
+    w["BADWEIGHTS"] = str(weights)
     # a pipeline's text_encoder folder on its own: config.json, no tokenizer
     w["TEXT_ENCODER"] = str(tiny_dir("sd") / "text_encoder")
     # a pipeline folder whose component folders were not copied
@@ -74,7 +81,7 @@ FAST = ["--steps", "1", "--size", "32", "--no-progress"]
 GEN = ["generate", "--model", "SD", "--embedding", "EMB", "--prompt", "a photo of {}", *FAST]
 EVAL = ["evaluate", "--model", "SD", "--embedding", "EMB", "--class-word", "dog", "--reference", "REFS",
         "--dino", "DINOV2", "--siglip", "SIGLIP", *FAST]
-INTERP = ["interpolate", "EMB", "EMB"]
+INTERP = ["interpolate", "EMB", "EMB2"]
 
 CASES = [
     # ---- argparse: one line, a usage block never
@@ -131,12 +138,21 @@ CASES = [
     ([*EVAL, "--class-word", ""], "empty class word"),
     ([*EVAL, "--prompt-set", "live", "--prompts", "PLAIN_PROMPTS"], "drop --prompt-set"),
     (["compare", "RUN_GARBAGE_LOG"], "damaged"),
+    (["probe-position", "--model", "CLIP", "--min-support", "1000", "--max-prompts", "6"], "training prompts"),
+    (["interpolate", "EMB", "EMB"], "same vectors"),
+    (["generate", "--model", "SD", "--prompt", "a photo of {}", *FAST], "no learned token"),
+    (["neighbors", "apple", "apple", "--model", "CLIP"], "given twice"),
+    (["norms", "--model", "CLIP", "--embedding", "EMB", "EMB"], "given twice"),
+    (["residual-angles", "--model", "CLIP", "--words", "dog,dog"], "given twice"),
+    (["compare", "RUN_GARBAGE_LOG", "RUN_GARBAGE_LOG"], "given twice"),
+    (["norms", "--model", "CLIP", "--extremes", "5000"], "at most 1000"),
     (["reproduce", "--only", "train-ti", "--models", "minilm-l6", "--results", "OUT", "--figures", "OUT"], "no step"),
     # ---- what only a model load reveals
     (["neighbors", "apple", "--model", "BADJSON"], "not valid JSON"),
     (["probe-position", "--model", "BADJSON"], "not valid JSON"),
     (["residual-angles", "--model", "BADJSON"], "not valid JSON"),
     (["norms", "--model", "TEXT_ENCODER"], "no tokenizer files"),
+    (["neighbors", "apple", "--model", "BADWEIGHTS"], "could not load"),
     (["generate", "--model", "BARE_SD", "--prompt", "x", *FAST], "lacks the component"),
     (["evaluate", "--model", "BARE_SD", "--embedding", "EMB", "--class-word", "dog", "--reference", "REFS",
       "--dino", "DINOV2", "--siglip", "SIGLIP"], "lacks the component"),
