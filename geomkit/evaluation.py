@@ -148,6 +148,8 @@ def scorer_model_type(folder, kind: str, flag: str) -> str:
         raise GeomkitError(f"{flag} {folder}: is a {model_type or 'unknown'} model; expected {' or '.join(KINDS[kind])}")
     if not (p / "preprocessor_config.json").is_file():
         raise GeomkitError(f"{flag} {folder}: no preprocessor_config.json (the model's image processor)")
+    if not any(p.glob("*.safetensors")) and not any(p.glob("pytorch_model*.bin")):
+        raise GeomkitError(f"{flag} {folder}: no weights (model.safetensors) in it; copy the whole model folder")
     return model_type
 
 

@@ -65,6 +65,11 @@ def world(tiny_dir, tmp_path_factory):
         (f / "config.json").write_text(json.dumps({"model_type": kind}))
         (f / "preprocessor_config.json").write_text("{}")
         w[kind.upper()] = str(f)
+        w[f"{kind.upper()}_NO_WEIGHTS"] = str(f)
+        f = root / f"{kind}-weights"
+        shutil.copytree(root / kind, f)
+        (f / "model.safetensors").write_bytes(b"")
+        w[kind.upper()] = str(f)
     (root / "plain-prompts.txt").write_text("a {} in the rain\n")
     w["PLAIN_PROMPTS"] = str(root / "plain-prompts.txt")
     # a finished training run whose log is garbage
@@ -158,6 +163,7 @@ CASES = [
       "--dino", "DINOV2", "--siglip", "SIGLIP"], "lacks the component"),
     # ---- checked before anything is rendered or written
     ([*EVAL, "--reference", "BAD_REFS"], "not a readable image"),
+    ([*EVAL, "--dino", "DINOV2_NO_WEIGHTS"], "no weights"),
     ([*INTERP, "--model", "SD", "--prompt", "a {}", "--dtype", "int8"], "float32"),
 ]
 if not torch.cuda.is_available():

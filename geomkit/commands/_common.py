@@ -121,6 +121,16 @@ def _items(text: str) -> list[str]:
     return parts
 
 
+def _unique(values: list, text: str) -> list:
+    """A value listed twice would be measured or rendered twice under one label: refuse it."""
+    seen = []
+    for v in values:
+        if v in seen:
+            raise argparse.ArgumentTypeError(f"{text!r}: {v:g} is listed twice; give each value once")
+        seen.append(v)
+    return values
+
+
 def number_list(lo=None, hi=None, *, lo_open: bool = False, what: str = "value"):
     """argparse type: comma-separated finite numbers, each in the range."""
     one = float_range(lo, hi, lo_open=lo_open, what=f"every {what}")
@@ -132,7 +142,7 @@ def number_list(lo=None, hi=None, *, lo_open: bool = False, what: str = "value")
                 out.append(one(item))
             except argparse.ArgumentTypeError as exc:
                 raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-        return out
+        return _unique(out, text)
 
     check.__name__ = "list"
     return check
@@ -148,7 +158,7 @@ def int_list_range(lo=None, hi=None, what: str = "value"):
                 out.append(one(item))
             except argparse.ArgumentTypeError as exc:
                 raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-        return out
+        return _unique(out, text)
 
     check.__name__ = "list"
     return check
@@ -171,7 +181,7 @@ def scale_list(text: str) -> list[float]:
             f"{text!r}: scale {bad[0]:g} is outside [{MIN_SCALE:g}, {MAX_SCALE:g}] (larger scales overflow float32 inside the model, "
             "smaller ones vanish)"
         )
-    return values
+    return _unique(values, text)
 
 
 def nonempty(what: str = "value"):

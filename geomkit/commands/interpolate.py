@@ -83,8 +83,6 @@ def run(args) -> int:
     name_a, a, model_a = read_input(args.a)
     name_b, b, model_b = read_input(args.b)
     check_compatible(a, b, f"A ({args.a})", f"B ({args.b})")
-    if all(a[k].shape == b[k].shape and bool((a[k] == b[k]).all()) for k in a):
-        raise GeomkitError(f"A ({args.a}) and B ({args.b}) hold the same vectors: every interpolant would equal them; give two different tokens")
     if model_a and model_b and model_a != model_b:
         raise GeomkitError(f"A was trained on {model_a} and B on {model_b}: tokens of different encoders cannot be interpolated")
     model = args.model or (model_a if args.prompt and model_a == model_b else None)
@@ -100,6 +98,8 @@ def run(args) -> int:
         check_generation_args(args)
         check_tokens_fit(folder, [Token(name=name_a, parts=dict(a), hints={"clip_l": 1, "clip_g": 2})])
     check_mix_name(args.token, folder or model_a or model_b)
+    if all(a[k].shape == b[k].shape and bool((a[k] == b[k]).all()) for k in a):
+        raise GeomkitError(f"A ({args.a}) and B ({args.b}) hold the same vectors: every interpolant would equal them; give two different tokens")
 
     out = report.prepare_out(args.out)
     mixes = interpolate(a, b, ratios, args.mode)
