@@ -141,8 +141,8 @@ def scorer_model_type(folder, kind: str, flag: str) -> str:
     if not cfg.is_file():
         raise GeomkitError(f"{flag} {folder}: not a transformers model folder (no config.json)")
     try:
-        model_type = json.loads(cfg.read_text()).get("model_type", "")
-    except (OSError, json.JSONDecodeError) as exc:
+        model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type", "")
+    except (OSError, ValueError, AttributeError) as exc:
         raise GeomkitError(f"{flag} {folder}: unreadable config.json ({exc})") from None
     if model_type not in KINDS[kind]:
         raise GeomkitError(f"{flag} {folder}: is a {model_type or 'unknown'} model; expected {' or '.join(KINDS[kind])}")

@@ -117,7 +117,7 @@ def read_run_results(run_dir) -> dict:
         raise GeomkitError(f"run folder {run_dir} has no results.json (not a finished `geomkit train` run)")
     try:
         results = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise GeomkitError(f"{f}: not readable JSON ({exc})") from None
     if not isinstance(results, dict) or not {"method", "model", "placeholder"} <= set(results):
         raise GeomkitError(f"{f}: not the results of a `geomkit train` run (no method/model/placeholder)")
@@ -199,6 +199,10 @@ def pick_device(device: str = "auto") -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise GeomkitError(f"--device {device}: CUDA is not available here")
+    if device.startswith("cuda:") and device[5:].isdigit() and int(device[5:]) >= torch.cuda.device_count():
+        raise GeomkitError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise GeomkitError("--device mps: Apple's MPS is not available here")
     return device
 
 
@@ -280,7 +284,7 @@ def pipeline_dims(folder) -> list[tuple[int, None, None, int]]:
             continue
         try:
             cfg = json.loads((folder / te / "config.json").read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
             return []  # unusual layout: leave the check to install_tokens
         cfg = cfg.get("text_config", cfg)
         d = cfg.get("hidden_size") or cfg.get("d_model")
@@ -430,7 +434,7 @@ def settings_guard(folder: Path, settings: dict, overwrite: bool = False, record
     if f.is_file():
         try:
             old = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
             old = None
         if old != json.loads(json.dumps(settings)):
             if not overwrite:

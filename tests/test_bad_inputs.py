@@ -71,6 +71,13 @@ def world(tiny_dir, tmp_path_factory):
         (f / "model.safetensors").write_bytes(b"")
         w[kind.upper()] = str(f)
     (root / "plain-prompts.txt").write_text("a {} in the rain\n")
+    (root / "binary.txt").write_bytes(bytes(range(128, 256)))
+    w["BINARY"] = str(root / "binary.txt")
+    probe = root / "damaged-probe"
+    probe.mkdir()
+    (probe / "config.json").write_text('{"d_model": 32')
+    (probe / "probe.safetensors").write_bytes(b"x")
+    w["DAMAGED_PROBE"] = str(probe)
     w["PLAIN_PROMPTS"] = str(root / "plain-prompts.txt")
     # a finished training run whose log is garbage
     run = root / "run-garbage-log"
@@ -164,6 +171,10 @@ CASES = [
     # ---- checked before anything is rendered or written
     ([*EVAL, "--reference", "BAD_REFS"], "not a readable image"),
     ([*EVAL, "--dino", "DINOV2_NO_WEIGHTS"], "no weights"),
+    (["generate", "--model", "SD", "--embedding", "EMB", "--prompts", "BINARY", *FAST], "UTF-8"),
+    ([*EVAL, "--prompts", "BINARY"], "UTF-8"),
+    (["residual-angles", "--model", "CLIP", "--prompts", "BINARY"], "UTF-8"),
+    (["probe-position", "--model", "CLIP", "--load-probe", "DAMAGED_PROBE", "--max-prompts", "6"], "not a readable saved probe"),
     ([*INTERP, "--model", "SD", "--prompt", "a {}", "--dtype", "int8"], "float32"),
 ]
 if not torch.cuda.is_available():

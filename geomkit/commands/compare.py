@@ -33,7 +33,7 @@ def _read_json(path):
 
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise GeomkitError(f"{path}: not readable JSON ({exc})") from None
 
 

@@ -123,7 +123,10 @@ def read_prompt_lines(path) -> list[str]:
     f = Path(path).expanduser()
     if not f.is_file():
         raise GeomkitError(f"--prompts {path}: file not found")
-    lines = [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines()]
+    try:
+        lines = [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GeomkitError(f"--prompts {path}: cannot be read as UTF-8 text ({exc})") from None
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     if not lines:
         raise GeomkitError(f"--prompts {path}: no prompt lines")
