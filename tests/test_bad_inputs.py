@@ -200,7 +200,7 @@ def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, monkeypatch, 
     argv = [subst.get(a, a) for a in argv]
     if argv[0] not in ("reproduce", "frobnicate") and "--out" not in argv:
         argv += ["--out", str(out)]
-    code, stdout, err = run_cli(capsys, *argv)
+    code, _stdout, err = run_cli(capsys, *argv)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2, (code, err)
     assert len(lines) == 1, err
