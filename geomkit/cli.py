@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 
 from geomkit import __version__
@@ -23,15 +24,32 @@ def _command_modules():
     return sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.NAME))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors (`geomkit CMD: error: ... (see geomkit CMD --help)`, exit 2)
+    instead of a usage block, and list values that start with a minus sign (`--scales -1,2`,
+    `--seeds -3`) read as values, so that the option's own check can say what is wrong with them.
+    Subparsers inherit the class (argparse makes them with `type(parent)`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(?:\d|\.\d|inf|nan)[\w.,+:-]*$", re.IGNORECASE)
+
+    def error(self, message):
+        text = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="geomkit",
         description="Geometry of token embeddings in text encoders, and a Directional Textual Inversion trainer.",
     )
     parser.add_argument("--version", action="version", version=f"geomkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = {}  # name -> its parser, so that errors found after parsing name the command
     for mod in _command_modules():
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
+        parser.commands[mod.NAME] = p
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
@@ -54,17 +72,28 @@ def _quiet_libraries():
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            parser.commands.get(getattr(args, "command", None), parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:  # --help, --version, or a one-line usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
     _quiet_libraries()
+    from geomkit import report
+
+    mark = report.created_mark()
     try:
         return int(args._run(args) or 0)
     except GeomkitError as exc:
-        print(f"geomkit {args.command}: error: {exc}", file=sys.stderr)
+        report.remove_created_if_empty(mark)  # a refused command leaves no empty --out folder behind
+        text = " ".join(str(exc).split())  # one line, whatever the message held
+        print(f"geomkit {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        report.remove_created_if_empty(mark)
         print(f"geomkit {args.command}: interrupted", file=sys.stderr)
         return 130
 

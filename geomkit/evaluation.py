@@ -141,13 +141,15 @@ def scorer_model_type(folder, kind: str, flag: str) -> str:
     if not cfg.is_file():
         raise GeomkitError(f"{flag} {folder}: not a transformers model folder (no config.json)")
     try:
-        model_type = json.loads(cfg.read_text()).get("model_type", "")
-    except (OSError, json.JSONDecodeError) as exc:
+        model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type", "")
+    except (OSError, ValueError, AttributeError) as exc:
         raise GeomkitError(f"{flag} {folder}: unreadable config.json ({exc})") from None
     if model_type not in KINDS[kind]:
         raise GeomkitError(f"{flag} {folder}: is a {model_type or 'unknown'} model; expected {' or '.join(KINDS[kind])}")
     if not (p / "preprocessor_config.json").is_file():
         raise GeomkitError(f"{flag} {folder}: no preprocessor_config.json (the model's image processor)")
+    if not any(p.glob("*.safetensors")) and not any(p.glob("pytorch_model*.bin")):
+        raise GeomkitError(f"{flag} {folder}: no weights (model.safetensors) in it; copy the whole model folder")
     return model_type
 
 

@@ -117,7 +117,7 @@ def read_run_results(run_dir) -> dict:
         raise GeomkitError(f"run folder {run_dir} has no results.json (not a finished `geomkit train` run)")
     try:
         results = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise GeomkitError(f"{f}: not readable JSON ({exc})") from None
     if not isinstance(results, dict) or not {"method", "model", "placeholder"} <= set(results):
         raise GeomkitError(f"{f}: not the results of a `geomkit train` run (no method/model/placeholder)")
@@ -149,10 +149,31 @@ def pipeline_dir(spec) -> Path:
 
     if spec in ALIASES:
         raise GeomkitError(f"--model {spec} is a text model, not a diffusion pipeline; give a diffusers pipeline folder")
+    from geomkit.models import read_config
+
     folder = resolve_spec(str(spec), progress=False)
     if not (folder / "model_index.json").is_file():
         raise GeomkitError(f"--model {spec}: not a diffusers pipeline folder (no model_index.json)")
+    index = read_config(folder / "model_index.json", str(spec))
+    missing = [k for k, v in index.items()
+               if not k.startswith("_") and k != "safety_checker" and isinstance(v, (list, tuple)) and len(v) == 2
+               and v[0] is not None and v[1] is not None and not (folder / k).is_dir()]
+    if missing:
+        raise GeomkitError(f"--model {spec}: the pipeline folder lacks the component folder(s) {', '.join(missing)}/ that "
+                           "model_index.json lists; copy the whole pipeline")
     return folder
+
+
+def check_token_names(folder, tokens, option: str = "--token") -> None:
+    """Every learned token's name is new to the pipeline's tokenizers (load_textual_inversion
+    would refuse it only after the pipeline loaded and files were written)."""
+    from geomkit.models import check_new_token, load_tokenizers
+
+    if not tokens:
+        return
+    tokenizers = load_tokenizers(str(folder))
+    for tok in tokens:
+        check_new_token(tok.name, tokenizers, option)
 
 
 def quiet_loading() -> None:
@@ -178,6 +199,10 @@ def pick_device(device: str = "auto") -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise GeomkitError(f"--device {device}: CUDA is not available here")
+    if device.startswith("cuda:") and device[5:].isdigit() and int(device[5:]) >= torch.cuda.device_count():
+        raise GeomkitError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise GeomkitError("--device mps: Apple's MPS is not available here")
     return device
 
 
@@ -208,8 +233,9 @@ def load_pipeline(spec, *, device: str = "auto", dtype: str = "auto", scheduler:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
         pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise GeomkitError(f"--model {spec}: cannot load the pipeline ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # damaged weights or configs surface as many exception types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise GeomkitError(f"--model {spec}: cannot load the pipeline ({first})") from None
     if scheduler not in SCHEDULERS:
         raise GeomkitError(f"--scheduler {scheduler}: choose one of {', '.join(SCHEDULERS)}")
     if SCHEDULERS[scheduler]:
@@ -258,7 +284,7 @@ def pipeline_dims(folder) -> list[tuple[int, None, None, int]]:
             continue
         try:
             cfg = json.loads((folder / te / "config.json").read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
             return []  # unusual layout: leave the check to install_tokens
         cfg = cfg.get("text_config", cfg)
         d = cfg.get("hidden_size") or cfg.get("d_model")
@@ -400,17 +426,15 @@ def save_png(path, image) -> Path:
     return Path(path)
 
 
-def settings_guard(folder: Path, settings: dict, overwrite: bool = False) -> None:
+def settings_guard(folder: Path, settings: dict, overwrite: bool = False, record: bool = True) -> None:
     """Resume only images made with the same settings: `folder/generation.json` records them; a
-    mismatch is an error (or, with `overwrite`, the old PNGs are removed)."""
-    from geomkit.report import write_json
-
-    folder.mkdir(parents=True, exist_ok=True)
+    mismatch is an error (or, with `overwrite`, the old PNGs are removed). With record=False the
+    check runs but nothing is written yet (call `record_settings` once the pipeline has loaded)."""
     f = folder / "generation.json"
     if f.is_file():
         try:
             old = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
             old = None
         if old != json.loads(json.dumps(settings)):
             if not overwrite:
@@ -421,7 +445,14 @@ def settings_guard(folder: Path, settings: dict, overwrite: bool = False) -> Non
                 )
             for png in folder.glob("*.png"):
                 png.unlink()
-    write_json(f, settings)
+    if record:
+        record_settings(folder, settings)
+
+
+def record_settings(folder: Path, settings: dict) -> None:
+    from geomkit.report import write_json
+
+    write_json(Path(folder) / "generation.json", settings)
 
 
 def token_fingerprint(tokens: Sequence[Token]) -> dict:

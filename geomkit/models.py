@@ -125,12 +125,26 @@ class Encoder:
 
     def token_id(self, word: str) -> int:
         """Id of `word` as one token. The in-sentence form (leading space) is tried first: that
-        is how the word appears in prompts for SentencePiece and byte-level BPE vocabularies."""
+        is how the word appears in prompts for SentencePiece and byte-level BPE vocabularies.
+        A word the tokenizer can only map to its unknown token ([UNK]) is refused: its row is
+        not the word's."""
+        if not str(word).strip():
+            raise GeomkitError(f"{word!r}: empty word; give a word that is one token of {self.name}")
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        unk_str = getattr(self.tokenizer, "unk_token", None)
         for form in (" " + word, word):
             ids = self.pieces(form)
             if len(ids) == 1:
+                if unk is not None and ids[0] == unk and word.strip() != unk_str:
+                    shown = word if len(word) <= 40 else word[:37] + "..."
+                    raise GeomkitError(
+                        f"{shown!r} is not in the vocabulary of {self.name}: the tokenizer maps it to its unknown token "
+                        f"{readable_token(unk_str)!r}; choose a word that is one token"
+                    )
                 return ids[0]
-        shown = ", ".join(repr(self.token_str(i)) for i in self.pieces(word))
+        pieces = self.pieces(word)
+        shown = ", ".join(repr(self.token_str(i)) for i in pieces[:12]) + (f", ... ({len(pieces)} pieces)" if len(pieces) > 12 else "")
+        word = word if len(word) <= 40 else word[:37] + "..."
         raise GeomkitError(
             f"{word!r} is not a single token of {self.name}: it splits into [{shown}]; choose a word that is one token"
         )
@@ -297,8 +311,35 @@ def resolve_spec(spec: str, *, progress: bool = True) -> Path:
     )
 
 
+def read_config(path: Path, spec: str) -> dict:
+    """A model's JSON config (config.json, model_index.json) or a one-line error naming it."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GeomkitError(f"--model {spec}: cannot read {path} ({getattr(exc, 'strerror', None) or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise GeomkitError(f"--model {spec}: {path} is not valid JSON ({exc.msg} at line {exc.lineno}); the model folder is damaged") from None
+    if not isinstance(data, dict):
+        raise GeomkitError(f"--model {spec}: {path} holds no JSON object; the model folder is damaged")
+    return data
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "merges.txt")
+
+
+def check_tokenizer_dir(tok_dir: Path, spec: str) -> None:
+    """A tokenizer folder holds tokenizer files; say so in one line before transformers guesses
+    (its message for a missing tokenizer asks to install sentencepiece)."""
+    if not any((Path(tok_dir) / f).is_file() for f in TOKENIZER_FILES):
+        hint = (" (this looks like the text_encoder folder of a diffusers pipeline: give the pipeline folder itself)"
+                if Path(tok_dir).name.startswith("text_encoder") and (Path(tok_dir).parent / "model_index.json").is_file()
+                else "; the folder is incomplete")
+        raise GeomkitError(f"--model {spec}: {tok_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...){hint}")
+
+
 def _pipeline_parts(folder: Path, encoder: int) -> tuple[Path, Path, str]:
-    index = json.loads((folder / "model_index.json").read_text())
+    index = read_config(folder / "model_index.json", str(folder))
     sub = "text_encoder" if encoder == 1 else f"text_encoder_{encoder}"
     tok = "tokenizer" if encoder == 1 else f"tokenizer_{encoder}"
     if sub not in index or index.get(sub) in (None, [None, None]):
@@ -317,6 +358,11 @@ def _model_class(config: dict):
         if cls is not None:
             return cls
     return transformers.AutoModel
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def load_encoder(spec: str = DEFAULT_MODEL, *, encoder: int = 1, dtype=None, progress: bool = True) -> Encoder:
@@ -340,7 +386,7 @@ def load_encoder(spec: str = DEFAULT_MODEL, *, encoder: int = 1, dtype=None, pro
         raise GeomkitError(
             f"--model {spec}: {model_dir} has neither model_index.json (diffusers pipeline) nor config.json (transformers model)"
         )
-    config = json.loads(cfg_file.read_text())
+    config = read_config(cfg_file, spec)
     model_type = config.get("model_type", "")
     fam = family_for(model_type)
     if fam is None:
@@ -353,11 +399,15 @@ def load_encoder(spec: str = DEFAULT_MODEL, *, encoder: int = 1, dtype=None, pro
 
     hf_logging.disable_progress_bar()  # per-tensor loading bars bury geomkit's own output
     cls = _model_class(config)
+    check_tokenizer_dir(tok_dir, spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    except Exception as exc:  # transformers raises OSError, ValueError, ImportError, ... for unusable folders
+        raise GeomkitError(f"--model {spec}: could not load the tokenizer from {tok_dir}: {_first_line(exc)}") from None
     try:
         model = cls.from_pretrained(model_dir, dtype=dtype or torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    except OSError as exc:
-        raise GeomkitError(f"--model {spec}: could not load from {model_dir}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # missing or damaged weights, a config that does not fit them, ...
+        raise GeomkitError(f"--model {spec}: could not load from {model_dir}: {_first_line(exc)}") from None
     model.eval().requires_grad_(False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -368,3 +418,36 @@ def load_encoder(spec: str = DEFAULT_MODEL, *, encoder: int = 1, dtype=None, pro
         raise GeomkitError(f"--model {spec}: {model_type} model has an unexpected layout ({type(model).__name__})")
     _CACHE[key] = enc
     return enc
+
+
+def load_tokenizers(spec: str) -> list:
+    """Only the tokenizer(s) a spec names (every text encoder's, for a pipeline): cheap checks of
+    token names before any model loads."""
+    from transformers import AutoTokenizer
+
+    folder = resolve_spec(spec, progress=False)
+    if (folder / "model_index.json").exists():
+        index = read_config(folder / "model_index.json", spec)
+        dirs = [folder / t for t in ("tokenizer", "tokenizer_2") if index.get(t) not in (None, [None, None]) and (folder / t).is_dir()]
+    else:
+        dirs = [folder]
+    out = []
+    for d in dirs:
+        check_tokenizer_dir(d, spec)
+        try:
+            out.append(AutoTokenizer.from_pretrained(d))
+        except Exception as exc:  # see load_encoder
+            raise GeomkitError(f"--model {spec}: could not load the tokenizer from {d}: {_first_line(exc)}") from None
+    return out
+
+
+def check_new_token(name: str, tokenizers, option: str = "--token") -> None:
+    """A learned token's name must be new to every tokenizer (diffusers' load_textual_inversion
+    refuses a name already in the vocabulary, and a vocabulary word would be the word, not the token)."""
+    if not str(name).strip():
+        raise GeomkitError(f"{option}: empty token name; give a new name such as <my-token>")
+    if name != name.strip() or any(ch.isspace() for ch in name):
+        raise GeomkitError(f"{option} {name!r}: a token name cannot hold spaces; give a name such as <my-token>")
+    for tok in tokenizers:
+        if name in tok.get_vocab():
+            raise GeomkitError(f"{option} {name!r} is already a token of the model's vocabulary; give a new name such as <{name}-learned>")

@@ -15,16 +15,53 @@ from typing import Any, Iterable, Optional
 from geomkit.errors import GeomkitError
 
 
-def prepare_out(path) -> Path:
-    """Create the output folder (and parents) and check it is writable, or fail in one line."""
+_CREATED: list = []  # folders prepare_out created, in order (see remove_created_if_empty)
+
+
+def prepare_out(path, option: str = "--out") -> Path:
+    """Create the output folder (and parents) and check it is writable, or fail in one line.
+    The folders it creates are remembered, so that a command refused afterwards removes them
+    again while they are still empty (`remove_created_if_empty`)."""
+    if path is None or not str(path).strip():
+        raise GeomkitError(f"{option} is empty; give a folder (e.g. {option} runs/mine)")
     out = Path(path).expanduser()
+    for parent in [out, *out.parents]:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                where = "is a file" if parent == out else f"lies under {parent}, which is a file"
+                raise GeomkitError(f"{option} {path}: not a writable folder ({where}); give a folder")
+            break
+    missing = [p for p in [out, *out.parents] if not p.exists()]
+    mark = len(_CREATED)
+    if missing:
+        _CREATED.append(missing[-1])  # the topmost folder this call creates
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=out, prefix=".geomkit-write-test-", delete=True)
         probe.close()
     except (OSError, PermissionError) as exc:
-        raise GeomkitError(f"--out {path}: not a writable folder ({exc.strerror or exc})") from None
+        remove_created_if_empty(mark)
+        raise GeomkitError(f"{option} {path}: not a writable folder ({exc.strerror or exc})") from None
     return out
+
+
+def created_mark() -> int:
+    """A marker for `remove_created_if_empty`: folders created after it are the caller's."""
+    return len(_CREATED)
+
+
+def remove_created_if_empty(mark: int = 0) -> None:
+    """Remove the folders prepare_out created since `mark` when nothing was written into them
+    (only empty subfolders): a refused command leaves no empty --out folder behind."""
+    while len(_CREATED) > mark:
+        folder = Path(_CREATED.pop())
+        try:
+            if folder.is_dir() and not any(p.is_file() or p.is_symlink() for p in folder.rglob("*")):
+                for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                    sub.rmdir()
+                folder.rmdir()
+        except OSError:
+            pass
 
 
 @contextmanager

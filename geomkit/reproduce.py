@@ -139,16 +139,15 @@ def run_steps(steps: list[Step], root: Path, figures: Path, force: bool = False,
     figures.mkdir(parents=True, exist_ok=True)
     for i, step in enumerate(steps, 1):
         out = step_dir(root, step)
-        done = (out / "results.json").exists()
+        done = finished(out)
         label = f"[{i}/{len(steps)}] {step.name} on {step.model}"
         if done and not force:
             log(f"{label}: reused {out}")
-            record = out / "step.json"
-            secs = json.loads(record.read_text()).get("seconds") if record.exists() else None
+            secs = (_read(out / "step.json") or {}).get("seconds")
             status.append({"step": step.name, "model": step.model, "status": "reused", "seconds": secs})
         else:
-            if force and out.exists():
-                shutil.rmtree(out)
+            if (force or (out / "results.json").exists()) and out.exists():
+                shutil.rmtree(out)  # --force, or a damaged results.json: the step starts afresh
             log(f"{label} ...")
             t = time.perf_counter()
             code = runner([*step.argv, "--out", str(out)])
@@ -163,14 +162,28 @@ def run_steps(steps: list[Step], root: Path, figures: Path, force: bool = False,
     return status
 
 
+def _read(f: Path) -> Optional[dict]:
+    """A JSON object from a file, or None when it is missing or unreadable (a damaged file is
+    treated as absent: the step that wrote it is run again)."""
+    try:
+        data = json.loads(Path(f).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def finished(out: Path) -> bool:
+    """A step is finished when its results.json is readable."""
+    return _read(out / "results.json") is not None
+
+
 def command_line(step: Step) -> str:
     return "geomkit " + " ".join(a if " " not in a else repr(a) for a in step.argv)
 
 
 # ---- the claim-by-claim report ----------------------------------------------------------------
 def _load(root: Path, model: str, step: str) -> Optional[dict]:
-    f = root / model / step / "results.json"
-    return json.loads(f.read_text()) if f.exists() else None
+    return _read(root / model / step / "results.json")
 
 
 def _fmt(x, spec=".3g") -> str:

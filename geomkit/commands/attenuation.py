@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geomkit.commands._common import add_model_args, add_out_arg
+from geomkit.commands._common import add_model_args, add_out_arg, int_range, positive_int, scale_list, seed_int
 
 NAME = "attenuation"
 ORDER = 42
@@ -18,10 +18,10 @@ DEFAULT_SCALES = ",".join(f"{2.0 ** k:g}" for k in range(-3, 13))
 
 
 def add_arguments(p):
-    p.add_argument("--scales", default=DEFAULT_SCALES, metavar="M,M,...", help=f"scales m (default {DEFAULT_SCALES})")
-    p.add_argument("--tokens", type=int, default=200, metavar="N", help="vocabulary tokens sampled (default 200)")
-    p.add_argument("--positions", type=int, default=32, metavar="N", help="positions, evenly spaced from 0 (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the token sample (default 0)")
+    p.add_argument("--scales", default=DEFAULT_SCALES, type=scale_list, metavar="M,M,...", help=f"scales m (default {DEFAULT_SCALES})")
+    p.add_argument("--tokens", type=int_range(1, 1_000_000, "the number of tokens"), default=200, metavar="N", help="vocabulary tokens sampled (default 200)")
+    p.add_argument("--positions", type=positive_int, default=32, metavar="N", help="positions, evenly spaced from 0 (default 32)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the token sample (default 0)")
     add_model_args(p)
     add_out_arg(p, "runs/attenuation")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from geomkit.commands._common import add_out_arg
+from geomkit.commands._common import add_out_arg, existing_dir, nonempty
 
 NAME = "compare"
 ORDER = 73
@@ -21,10 +21,10 @@ DESCRIPTION = (
 
 
 def add_arguments(p):
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training run folders")
-    p.add_argument("--labels", nargs="+", default=None, metavar="LABEL", help="a label per run for tables and plots (default: folder names)")
-    p.add_argument("--related", nargs="+", default=[], metavar="WORD", help="also report each run's cosine to these words (each one token of the run's model)")
-    p.add_argument("--eval-dir", default="eval", metavar="NAME", help="the evaluation subfolder of each run (default eval)")
+    p.add_argument("runs", nargs="+", type=existing_dir, metavar="RUN_DIR", help="training run folders")
+    p.add_argument("--labels", nargs="+", default=None, type=nonempty("label"), metavar="LABEL", help="a label per run for tables and plots (default: folder names)")
+    p.add_argument("--related", nargs="+", default=[], type=nonempty("word"), metavar="WORD", help="also report each run's cosine to these words (each one token of the run's model)")
+    p.add_argument("--eval-dir", default="eval", type=nonempty("folder name"), metavar="NAME", help="the evaluation subfolder of each run (default eval)")
     add_out_arg(p, "runs/compare")
 
 
@@ -35,22 +35,35 @@ def _read_json(path):
 
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise GeomkitError(f"{path}: not readable JSON ({exc})") from None
 
 
 def read_log(path) -> list[dict]:
+    """The training log's rows. Only its last line may be unreadable (cut by a crash); a log that
+    is damaged elsewhere, or holds no training steps, is refused rather than left out of the figure."""
     import json
+
+    from geomkit.errors import GeomkitError
 
     rows = []
     if path.is_file():
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
+        try:
+            lines = [(n, ln.strip()) for n, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if ln.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise GeomkitError(f"{path}: not a readable training log ({exc}); move it away to compare without it") from None
+        for i, (n, line) in enumerate(lines):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict):
+                if i == len(lines) - 1 and rows:
                     continue  # a line cut by a crash: the rest is still usable
+                raise GeomkitError(f"{path}, line {n}: not a JSON log line; the training log is damaged (move it away to compare without it)")
+            rows.append(row)
+        if lines and not any("step" in r for r in rows):
+            raise GeomkitError(f"{path}: holds no training steps (not a `geomkit train` log); move it away to compare without it")
     return rows
 
 
@@ -238,6 +251,14 @@ def run(args) -> int:
 
     if args.labels and len(args.labels) != len(args.runs):
         raise GeomkitError(f"--labels gives {len(args.labels)} label(s) for {len(args.runs)} run(s)")
+    from pathlib import Path
+
+    seen = {}
+    for r in args.runs:
+        key = Path(r).expanduser().resolve()
+        if key in seen:
+            raise GeomkitError(f"run {r} is given twice (also as {seen[key]}); give each run once")
+        seen[key] = r
     runs = [load_run(r, args.eval_dir) for r in args.runs]
     labels = list(args.labels) if args.labels else [r["dir"].resolve().name for r in runs]
     if len(set(labels)) != len(labels):

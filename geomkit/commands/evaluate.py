@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from geomkit.commands._common import existing_dir, existing_file, int_range, model_spec, nonempty, out_dir
 from geomkit.commands.generate import add_generation_args, check_generation_args, generation_settings
 
 NAME = "evaluate"
@@ -19,24 +20,24 @@ DESCRIPTION = (
 
 def add_arguments(p):
     src = p.add_argument_group("learned token")
-    src.add_argument("--run", metavar="RUN_DIR", default=None, help="a training run folder: token, pipeline and class word come from it; output defaults to RUN_DIR/eval")
-    src.add_argument("--embedding", nargs="+", default=[], metavar="FILE", help="learned embedding file(s) instead of --run (diffusers files or the SDXL clip_l/clip_g file)")
-    src.add_argument("--token", default=None, metavar="NAME", help="the token's prompt string (default: the file's token / the run's placeholder)")
-    src.add_argument("--model", metavar="PIPELINE", default=None, help="diffusers pipeline folder (default: the run's model)")
+    src.add_argument("--run", metavar="RUN_DIR", default=None, type=existing_dir, help="a training run folder: token, pipeline and class word come from it; output defaults to RUN_DIR/eval")
+    src.add_argument("--embedding", nargs="+", default=[], type=existing_file, metavar="FILE", help="learned embedding file(s) instead of --run (diffusers files or the SDXL clip_l/clip_g file)")
+    src.add_argument("--token", default=None, type=nonempty("token name"), metavar="NAME", help="the token's prompt string (default: the file's token / the run's placeholder)")
+    src.add_argument("--model", metavar="PIPELINE", default=None, type=model_spec, help="diffusers pipeline folder (default: the run's model)")
     ev = p.add_argument_group("protocol")
-    ev.add_argument("--reference", required=True, metavar="DIR", help="folder of the subject's reference (training) images")
-    ev.add_argument("--class-word", default=None, metavar="WORD", help="the subject's class word for the scored text (default: the run's init word)")
-    ev.add_argument("--prompt-set", default="auto", choices=("auto", "object", "live", "all"),
+    ev.add_argument("--reference", required=True, type=existing_dir, metavar="DIR", help="folder of the subject's reference (training) images")
+    ev.add_argument("--class-word", default=None, type=nonempty("class word"), metavar="WORD", help="the subject's class word for the scored text (default: the run's init word)")
+    ev.add_argument("--prompt-set", default=None, choices=("auto", "object", "live", "all"),
                     help="DreamBooth object or live-subject list + 10 complex prompts (35 each), or all 45; "
                          "auto: live for dog/cat, else object (default auto)")
-    ev.add_argument("--prompts", metavar="FILE", default=None, help="your own prompt file (each line with a '{}' placeholder; '#@ SECTION' lines as in the shipped file)")
-    ev.add_argument("--dino", required=True, metavar="DIR", help="DINOv2 model folder (transformers Dinov2Model + image processor), e.g. facebook/dinov2-base")
-    ev.add_argument("--siglip", metavar="DIR", default=None, help="SigLIP model folder (SiglipModel + processor + tokenizer), e.g. google/siglip-base-patch16-512")
-    ev.add_argument("--clip", metavar="DIR", default=None, help="CLIP model folder (CLIPModel): the text-alignment fallback when no --siglip is given")
-    ev.add_argument("--eval-batch-size", type=int, default=16, help="images per scoring forward (default 16)")
-    ev.add_argument("--cell", type=int, default=128, help="grid cell size in pixels (default 128)")
+    ev.add_argument("--prompts", metavar="FILE", default=None, type=existing_file, help="your own prompt file (each line with a '{}' placeholder; '#@ SECTION' lines as in the shipped file)")
+    ev.add_argument("--dino", required=True, type=existing_dir, metavar="DIR", help="DINOv2 model folder (transformers Dinov2Model + image processor), e.g. facebook/dinov2-base")
+    ev.add_argument("--siglip", metavar="DIR", default=None, type=existing_dir, help="SigLIP model folder (SiglipModel + processor + tokenizer), e.g. google/siglip-base-patch16-512")
+    ev.add_argument("--clip", metavar="DIR", default=None, type=existing_dir, help="CLIP model folder (CLIPModel): the text-alignment fallback when no --siglip is given")
+    ev.add_argument("--eval-batch-size", type=int_range(1, 1024, "the batch size"), default=16, help="images per scoring forward (default 16)")
+    ev.add_argument("--cell", type=int_range(16, 4096, "the cell size"), default=128, help="grid cell size in pixels (default 128)")
     add_generation_args(p)
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: RUN_DIR/eval with --run, else runs/evaluate)")
+    p.add_argument("--out", default=None, type=out_dir, metavar="DIR", help="output folder (default: RUN_DIR/eval with --run, else runs/evaluate)")
 
 
 def resolve_inputs(args):
@@ -44,8 +45,8 @@ def resolve_inputs(args):
     from pathlib import Path
 
     from geomkit.errors import GeomkitError
-    from geomkit.evaluation import image_files, scorer_model_type, select_prompts
-    from geomkit.generation import check_tokens_fit, pipeline_dir, read_run_results, read_tokens, run_token
+    from geomkit.evaluation import image_files, load_images, read_prompt_sections, scorer_model_type, select_prompts
+    from geomkit.generation import check_token_names, check_tokens_fit, pipeline_dir, read_run_results, read_tokens, run_token
 
     if bool(args.run) == bool(args.embedding):
         raise GeomkitError("give the learned token as --run RUN_DIR or as --embedding FILE (one of them)")
@@ -70,11 +71,16 @@ def resolve_inputs(args):
             raise GeomkitError(f"run {args.run} was trained on {model!r}, not a diffusion pipeline folder here; pass --model PIPELINE ({exc})") from None
         raise
     check_tokens_fit(folder, [token])
+    check_token_names(folder, [token])
     class_word = args.class_word or results.get("init_word")
     if not class_word:
         raise GeomkitError("--class-word WORD is required (the subject's class, e.g. dog): the scored text uses it")
     refs = image_files(args.reference)
-    prompt_set, prompts = select_prompts(args.prompt_set, class_word, args.prompts)
+    load_images(refs)  # every reference readable before anything is rendered
+    if args.prompt_set and args.prompts and all(s is None for s, _ in read_prompt_sections(args.prompts)):
+        raise GeomkitError(f"--prompt-set {args.prompt_set} with --prompts {args.prompts}: the file has no '#@ SECTION' lines, "
+                           "so it is used whole; drop --prompt-set (or add sections to the file)")
+    prompt_set, prompts = select_prompts(args.prompt_set or "auto", class_word, args.prompts)
     scorer_model_type(args.dino, "dinov2", "--dino")
     if args.siglip:
         scorer_model_type(args.siglip, "siglip", "--siglip")
@@ -99,7 +105,7 @@ def run(args) -> int:
         cosine_matrix, dino_features, fill, load_images, load_scorer, scoring_text, text_alignment, text_metric_name,
     )
     from geomkit.generation import (
-        Job, generate, have_image, image_grid, install_tokens, load_pipeline, pick_device, save_png, settings_guard, slug,
+        Job, generate, have_image, image_grid, install_tokens, load_pipeline, pick_device, record_settings, save_png, settings_guard, slug,
     )
 
     check_generation_args(args)
@@ -110,7 +116,7 @@ def run(args) -> int:
     _lock = acquire(out, "evaluate")  # one live run per --out (it resumes there); released when run() returns
     img_dir = out / "images"
     settings = generation_settings(args, folder, [token])
-    settings_guard(img_dir, settings, overwrite=args.overwrite)
+    settings_guard(img_dir, settings, overwrite=args.overwrite, record=False)
 
     jobs, by_prompt = [], []
     for template in prompts:
@@ -124,6 +130,7 @@ def run(args) -> int:
     if any(not have_image(j.path) for j in jobs):
         pipe = load_pipeline(folder, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
         install_tokens(pipe, [token])
+        record_settings(img_dir, settings)
         made = generate(
             pipe, jobs, steps=args.steps, guidance=args.guidance, size=args.size, batch_size=args.batch_size,
             negative_prompt=args.negative_prompt, progress=not args.no_progress, desc="generating",

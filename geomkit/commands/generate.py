@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from geomkit.commands._common import add_out_arg
+from geomkit.commands._common import (
+    MAX_SEED, add_out_arg, device_name, dtype_name, existing_dir, existing_file, float_range, int_list_range, int_range, model_spec,
+    nonempty,
+)
 
 NAME = "generate"
 ORDER = 70
@@ -35,16 +38,16 @@ def add_generation_args(p, *, seeds: str = "0,1,2,3") -> None:
     from geomkit.generation import DEFAULT_STEPS, SCHEDULERS
 
     g = p.add_argument_group("generation")
-    g.add_argument("--seeds", type=int_list, default=int_list(seeds), metavar="S,S,...", help=f"seeds, one image per prompt and seed (default {seeds})")
-    g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS}: the paper's DDIM 50 for SDXL; also used for SD1.x/2.x)")
+    g.add_argument("--seeds", type=int_list_range(0, MAX_SEED, "seed"), default=int_list(seeds), metavar="S,S,...", help=f"seeds, one image per prompt and seed (default {seeds})")
+    g.add_argument("--steps", type=int_range(1, 1000, "the number of steps"), default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS}: the paper's DDIM 50 for SDXL; also used for SD1.x/2.x)")
     g.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS), help="sampler (default ddim, as the paper; 'default' keeps the pipeline's own)")
-    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: 7.5 for SD1.x/2.x, 5.0 for SDXL, diffusers' defaults)")
-    g.add_argument("--resolution", "--size", dest="size", type=int, default=None, metavar="PX",
+    g.add_argument("--guidance", type=float_range(0, 100, what="the guidance scale"), default=None, help="classifier-free guidance scale (default: 7.5 for SD1.x/2.x, 5.0 for SDXL, diffusers' defaults)")
+    g.add_argument("--resolution", "--size", dest="size", type=int_range(8, 4096, "the image size"), default=None, metavar="PX",
                    help="image height and width in pixels, as train's --resolution (--size is an alias; default: the pipeline's native size, 512 SD1.x, 1024 SDXL)")
     g.add_argument("--negative-prompt", default=None, help="negative prompt (default none)")
-    g.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
-    g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
-    g.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, float16, bfloat16")
+    g.add_argument("--batch-size", type=int_range(1, 1024, "the batch size"), default=4, help="images per pipeline call (default 4)")
+    g.add_argument("--device", default="auto", type=device_name, help="auto (cuda when available), cpu, cuda, cuda:1 ...")
+    g.add_argument("--dtype", default="auto", type=dtype_name, help="auto (bfloat16 on GPU, float32 on CPU), float32, float16, bfloat16")
     g.add_argument("--overwrite", action="store_true", help="discard images in --out made with other settings instead of refusing")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -58,8 +61,11 @@ def check_generation_args(args) -> None:
         raise GeomkitError("--batch-size must be at least 1")
     if args.size is not None and (args.size < 8 or args.size % 8):
         raise GeomkitError(f"--resolution {args.size}: must be a positive multiple of 8")
-    if args.guidance is not None and args.guidance < 0:
-        raise GeomkitError("--guidance must be >= 0")
+    if args.guidance is not None and not (0 <= args.guidance < float("inf")):
+        raise GeomkitError("--guidance must be a finite number >= 0")
+    from geomkit.generation import pick_device, pick_dtype
+
+    pick_dtype(args.dtype, pick_device(args.device))  # CUDA asked for but absent, or an unknown dtype: before any file
 
 
 def generation_settings(args, pipeline_folder, tokens) -> dict:
@@ -99,14 +105,14 @@ def fill_tokens(template: str, names) -> str:
 
 
 def add_arguments(p):
-    p.add_argument("--model", metavar="PIPELINE", default=None, help="diffusers pipeline folder (or cached org/name); default: the --run's model")
-    p.add_argument("--embedding", nargs="+", default=[], metavar="FILE", help="learned embedding file(s): diffusers {token: (n, d)} or SDXL {clip_l, clip_g}")
-    p.add_argument("--run", nargs="+", default=[], metavar="RUN_DIR", help="training run folder(s): their learned token(s)")
-    p.add_argument("--token", nargs="+", default=None, metavar="NAME", help="rename the learned tokens, in order (default: each file's token / the run's placeholder)")
-    p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt ('{}' = the learned token); repeat for several")
-    p.add_argument("--prompts", metavar="FILE", default=None, help="a prompt file, one per line ('#' lines skipped)")
+    p.add_argument("--model", metavar="PIPELINE", default=None, type=model_spec, help="diffusers pipeline folder (or cached org/name); default: the --run's model")
+    p.add_argument("--embedding", nargs="+", default=[], type=existing_file, metavar="FILE", help="learned embedding file(s): diffusers {token: (n, d)} or SDXL {clip_l, clip_g}")
+    p.add_argument("--run", nargs="+", default=[], type=existing_dir, metavar="RUN_DIR", help="training run folder(s): their learned token(s)")
+    p.add_argument("--token", nargs="+", default=None, type=nonempty("token name"), metavar="NAME", help="rename the learned tokens, in order (default: each file's token / the run's placeholder)")
+    p.add_argument("--prompt", action="append", default=[], type=nonempty("prompt"), metavar="TEXT", help="a prompt ('{}' = the learned token); repeat for several")
+    p.add_argument("--prompts", metavar="FILE", default=None, type=existing_file, help="a prompt file, one per line ('#' lines skipped)")
     add_generation_args(p)
-    p.add_argument("--cell", type=int, default=256, help="grid cell size in pixels (default 256)")
+    p.add_argument("--cell", type=int_range(16, 4096, "the cell size"), default=256, help="grid cell size in pixels (default 256)")
     add_out_arg(p, "runs/generate")
 
 
@@ -118,7 +124,10 @@ def read_prompt_lines(path) -> list[str]:
     f = Path(path).expanduser()
     if not f.is_file():
         raise GeomkitError(f"--prompts {path}: file not found")
-    lines = [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines()]
+    try:
+        lines = [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GeomkitError(f"--prompts {path}: cannot be read as UTF-8 text ({exc})") from None
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     if not lines:
         raise GeomkitError(f"--prompts {path}: no prompt lines")
@@ -155,7 +164,8 @@ def run(args) -> int:
     from geomkit import report
     from geomkit.errors import GeomkitError
     from geomkit.generation import (
-        Job, check_tokens_fit, generate, have_image, image_grid, install_tokens, load_pipeline, pipeline_dir, save_png, settings_guard, slug,
+        Job, check_token_names, check_tokens_fit, generate, have_image, image_grid, install_tokens, load_pipeline, pipeline_dir,
+        record_settings, save_png, settings_guard, slug,
     )
 
     check_generation_args(args)
@@ -169,7 +179,12 @@ def run(args) -> int:
     if not prompts:
         raise GeomkitError("no prompts: give --prompt TEXT (repeatable) or --prompts FILE")
     names = [t.name for t in tokens]
+    if not names:
+        with_slot = next((p for p in prompts if re.search(r"\{\d*\}", p)), None)
+        if with_slot is not None:
+            raise GeomkitError(f"prompt {with_slot!r} has a '{{}}' placeholder but no learned token is given (--embedding FILE or --run RUN_DIR)")
     texts = [fill_tokens(p, names) for p in prompts]
+    check_token_names(folder, tokens)
 
     out = report.prepare_out(args.out)
     from geomkit.runlock import acquire
@@ -177,7 +192,7 @@ def run(args) -> int:
     _lock = acquire(out, "generate")  # one live run per --out (it resumes there); released when run() returns
     img_dir = out / "images"
     settings = generation_settings(args, folder, tokens)
-    settings_guard(img_dir, settings, overwrite=args.overwrite)
+    settings_guard(img_dir, settings, overwrite=args.overwrite, record=False)
     jobs, rows = [], []
     for _template, text in zip(prompts, texts):
         key = hashlib.sha256(text.encode()).hexdigest()[:6]
@@ -190,6 +205,7 @@ def run(args) -> int:
     if pending:
         pipe = load_pipeline(folder, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
         install_tokens(pipe, tokens)
+        record_settings(img_dir, settings)
         made = generate(
             pipe, jobs, steps=args.steps, guidance=args.guidance, size=args.size, batch_size=args.batch_size,
             negative_prompt=args.negative_prompt, progress=not args.no_progress,

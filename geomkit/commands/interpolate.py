@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geomkit.commands._common import add_out_arg, float_list
+from geomkit.commands._common import add_out_arg, file_or_dir, int_range, model_spec, nonempty, number_list
 from geomkit.commands.generate import add_generation_args
 
 NAME = "interpolate"
@@ -23,14 +23,14 @@ FIG4_RATIOS = (0.0, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 1.0)  # = geomkit.
 
 def add_arguments(p):
     default = ",".join(f"{r:g}" for r in FIG4_RATIOS)
-    p.add_argument("a", metavar="A", help="learned embedding file or training run folder (ratio 0)")
-    p.add_argument("b", metavar="B", help="learned embedding file or training run folder (ratio 1)")
-    p.add_argument("--ratios", type=float_list, default=list(FIG4_RATIOS), metavar="R,R,...", help=f"ratios in [0, 1] (default {default}, as Fig. 4)")
+    p.add_argument("a", type=file_or_dir, metavar="A", help="learned embedding file or training run folder (ratio 0)")
+    p.add_argument("b", type=file_or_dir, metavar="B", help="learned embedding file or training run folder (ratio 1)")
+    p.add_argument("--ratios", type=number_list(0, 1, what="ratio"), default=list(FIG4_RATIOS), metavar="R,R,...", help=f"ratios in [0, 1] (default {default}, as Fig. 4)")
     p.add_argument("--mode", choices=("slerp", "lerp"), default="slerp", help="slerp (default; on the sphere) or lerp (straight line, TI's usual)")
-    p.add_argument("--token", default="<mix>", help="the token name written into the output files (default <mix>)")
-    p.add_argument("--model", metavar="PIPELINE", default=None, help="diffusers pipeline folder: render the interpolants (default with --prompt: the runs' model, when A and B are run folders of one pipeline)")
-    p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="prompt to render, '{}' = the interpolated token (repeatable; needs --model)")
-    p.add_argument("--cell", type=int, default=256, help="grid cell size in pixels (default 256)")
+    p.add_argument("--token", default="<mix>", type=nonempty("token name"), help="the token name written into the output files (default <mix>)")
+    p.add_argument("--model", metavar="PIPELINE", default=None, type=model_spec, help="diffusers pipeline folder: render the interpolants (default with --prompt: the runs' model, when A and B are run folders of one pipeline)")
+    p.add_argument("--prompt", action="append", default=[], type=nonempty("prompt"), metavar="TEXT", help="prompt to render, '{}' = the interpolated token (repeatable; needs --model)")
+    p.add_argument("--cell", type=int_range(16, 4096, "the cell size"), default=256, help="grid cell size in pixels (default 256)")
     add_generation_args(p, seeds="0")  # one grid row per prompt and seed
     add_out_arg(p, "runs/interpolate")
 
@@ -53,12 +53,30 @@ def read_input(spec: str):
     return tok.name, token_parts(tok), None
 
 
+def check_mix_name(name: str, model=None) -> None:
+    """--token must be a new name: not empty, no spaces, not a word of the model's vocabulary
+    (generate and evaluate refuse such files). Without a model to ask, a plain word is refused."""
+    from geomkit.errors import GeomkitError
+    from geomkit.models import check_new_token, load_tokenizers
+
+    tokenizers = None
+    if model:
+        try:
+            tokenizers = load_tokenizers(str(model))
+        except GeomkitError:
+            tokenizers = None  # the runs' model is not here: fall back to the plain-word rule
+    check_new_token(name, tokenizers or [])
+    if tokenizers is None and name.isalnum():
+        raise GeomkitError(f"--token {name!r} looks like an ordinary word, which a text encoder's vocabulary already holds "
+                           f"(generate would refuse the files); give a new name such as <{name}>")
+
+
 def run(args) -> int:
     from geomkit import report
     from geomkit.commands.generate import check_generation_args, generation_settings
     from geomkit.embeddings_io import save_learned, save_sdxl_pair
     from geomkit.errors import GeomkitError
-    from geomkit.generation import Job, Token, check_tokens_fit, generate, image_grid, install_tokens, load_pipeline, pipeline_dir, save_png, settings_guard
+    from geomkit.generation import Job, Token, check_tokens_fit, generate, image_grid, install_tokens, load_pipeline, pipeline_dir, record_settings, save_png, settings_guard
     from geomkit.interpolation import check_compatible, check_ratios, describe, interpolate
 
     ratios = check_ratios(args.ratios)
@@ -79,11 +97,25 @@ def run(args) -> int:
     if folder is not None:
         check_generation_args(args)
         check_tokens_fit(folder, [Token(name=name_a, parts=dict(a), hints={"clip_l": 1, "clip_g": 2})])
+    check_mix_name(args.token, folder or model_a or model_b)
+    if all(a[k].shape == b[k].shape and bool((a[k] == b[k]).all()) for k in a):
+        raise GeomkitError(f"A ({args.a}) and B ({args.b}) hold the same vectors: every interpolant would equal them; give two different tokens")
 
     out = report.prepare_out(args.out)
     mixes = interpolate(a, b, ratios, args.mode)
     info = describe(a, b, mixes)
     sdxl = "clip_l" in a
+
+    pipe = None
+    if folder is not None:  # the pipeline loads, and takes the tokens, before any file is written
+        tokens = [Token(name=f"<mix-{i}>", parts=dict(m), hints={"clip_l": 1, "clip_g": 2}) for i, m in enumerate(mixes)]
+        img_dir = out / "images"
+        settings = generation_settings(args, folder, tokens)
+        settings["mode"] = args.mode
+        settings_guard(img_dir, settings, overwrite=args.overwrite, record=False)
+        pipe = load_pipeline(folder, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
+        install_tokens(pipe, tokens)
+
     files = []
     for i, (t, m) in enumerate(zip(ratios, mixes)):
         f = out / f"mix-{i:02d}-r{t:.2f}.safetensors"
@@ -95,19 +127,13 @@ def run(args) -> int:
 
     grid_name = None
     if folder is not None:
-        tokens = [Token(name=f"<mix-{i}>", parts=dict(m), hints={"clip_l": 1, "clip_g": 2}) for i, m in enumerate(mixes)]
-        img_dir = out / "images"
-        settings = generation_settings(args, folder, tokens)
-        settings["mode"] = args.mode
-        settings_guard(img_dir, settings, overwrite=args.overwrite)
+        record_settings(img_dir, settings)
         rows = [(pi, text, seed) for pi, text in enumerate(args.prompt) for seed in args.seeds]
         jobs = [
             Job(text.replace("{}", tok.name), seed, img_dir / f"p{pi:02d}-r{i:02d}-{t:.2f}-s{seed}.png")
             for pi, text, seed in rows
             for i, (t, tok) in enumerate(zip(ratios, tokens))
         ]
-        pipe = load_pipeline(folder, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
-        install_tokens(pipe, tokens)
         generate(pipe, jobs, steps=args.steps, guidance=args.guidance, size=args.size, batch_size=args.batch_size,
                  negative_prompt=args.negative_prompt, progress=not args.no_progress, desc=f"rendering ({args.mode})")
         labels = [text if len(args.seeds) == 1 else f"{text} (seed {seed})" for _, text, seed in rows]

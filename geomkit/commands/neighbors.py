@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geomkit.commands._common import add_model_args, add_out_arg
+from geomkit.commands._common import add_model_args, add_out_arg, existing_file, nonempty, positive_int
 
 NAME = "neighbors"
 ORDER = 10
@@ -15,10 +15,10 @@ DESCRIPTION = (
 
 
 def add_arguments(p):
-    p.add_argument("words", nargs="*", metavar="WORD", help="query words, each a single token (e.g. apple study writing)")
-    p.add_argument("--embedding", nargs="+", default=[], metavar="FILE", help="learned embedding file(s) (.safetensors) to query")
-    p.add_argument("-k", "--top-k", type=int, default=10, help="neighbours per query (default 10)")
-    p.add_argument("--related", nargs="+", default=[], metavar="WORD", help="also report the cosine of each query to these words (semantic drift, Fig. 1b)")
+    p.add_argument("words", nargs="*", type=nonempty("word"), metavar="WORD", help="query words, each a single token (e.g. apple study writing)")
+    p.add_argument("--embedding", nargs="+", default=[], type=existing_file, metavar="FILE", help="learned embedding file(s) (.safetensors) to query")
+    p.add_argument("-k", "--top-k", type=positive_int, default=10, help="neighbours per query (default 10)")
+    p.add_argument("--related", nargs="+", default=[], type=nonempty("word"), metavar="WORD", help="also report the cosine of each query to these words (semantic drift, Fig. 1b)")
     add_model_args(p)
     add_out_arg(p, "runs/neighbors")
 
@@ -51,8 +51,15 @@ def run(args) -> int:
         raise GeomkitError("give at least one WORD or --embedding FILE")
     if args.top_k < 1:
         raise GeomkitError(f"--top-k must be at least 1, not {args.top_k}")
+    from geomkit.commands._common import no_duplicates
+
+    no_duplicates(args.words, "WORD")
+    no_duplicates(args.embedding, "--embedding", paths=True)
+    no_duplicates(args.related, "--related")
     out = report.prepare_out(args.out)
     enc = load_encoder(args.model, encoder=args.encoder)
+    if args.top_k >= enc.vocab_size:
+        raise GeomkitError(f"--top-k {args.top_k}: the vocabulary of {enc.name} has only {enc.vocab_size} tokens")
     queries = query_table(enc, args.words, args.embedding, args.top_k)
     import torch
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geomkit.commands._common import add_model_args, add_out_arg
+from geomkit.commands._common import add_model_args, add_out_arg, existing_file, int_range
 
 NAME = "norms"
 ORDER = 20
@@ -10,9 +10,9 @@ HELP = "vocabulary token-norm histogram and statistics, learned embeddings marke
 
 
 def add_arguments(p):
-    p.add_argument("--embedding", nargs="+", default=[], metavar="FILE", help="learned embedding file(s) to place on the histogram")
-    p.add_argument("--extremes", type=int, default=5, help="how many largest/smallest-norm tokens to list (default 5)")
-    p.add_argument("--bins", type=int, default=200, help="histogram bins (default 200)")
+    p.add_argument("--embedding", nargs="+", default=[], type=existing_file, metavar="FILE", help="learned embedding file(s) to place on the histogram")
+    p.add_argument("--extremes", type=int_range(0, 1000, "the number of extremes"), default=5, help="how many largest/smallest-norm tokens to list (default 5)")
+    p.add_argument("--bins", type=int_range(1, 100_000, "the number of bins"), default=200, help="histogram bins (default 200)")
     add_model_args(p)
     add_out_arg(p, "runs/norms")
 
@@ -112,6 +112,9 @@ def run(args) -> int:
 
     if args.extremes < 0 or args.bins < 1:
         raise GeomkitError("--extremes must be >= 0 and --bins >= 1")
+    from geomkit.commands._common import no_duplicates
+
+    no_duplicates(args.embedding, "--embedding", paths=True)
     out = report.prepare_out(args.out)
     enc = load_encoder(args.model, encoder=args.encoder)
     learned = load_learned_set(args.embedding, d_model=enc.d_model)

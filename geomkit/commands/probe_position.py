@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from geomkit.commands._common import add_model_args, add_out_arg
+from geomkit.commands._common import (
+    add_model_args, add_out_arg, existing_dir, existing_file, float_range, int_range, nonempty, out_dir, positive_int, scale_list, seed_int,
+)
 
 NAME = "probe-position"
 ORDER = 40
@@ -21,18 +23,18 @@ DEFAULT_SCALES = "0.5,1,2,4,8,16"
 
 
 def add_arguments(p):
-    p.add_argument("--scales", default=DEFAULT_SCALES, metavar="M,M,...", help=f"embedding scales m (default {DEFAULT_SCALES})")
-    p.add_argument("--embedding", nargs="+", action="extend", default=[], metavar="FILE", help="learned embedding file(s) to place in the prompts")
-    p.add_argument("--site", default=None, help="site to probe (default: the model's LN(e + p); on RoPE models, which have none, blocks.3.resid_post)")
-    p.add_argument("--prompts", default=None, metavar="FILE", help="prompt file, one per line, '#' comments (default: the packaged 305 prompts)")
-    p.add_argument("--max-prompts", type=int, default=None, metavar="N", help="use a seeded subset of N prompts (faster)")
-    p.add_argument("--held-out", type=float, default=0.2, metavar="FRACTION", help="fraction of prompts held out for evaluation (default 0.2)")
-    p.add_argument("--hidden", type=int, default=256, help="probe hidden width (default 256)")
-    p.add_argument("--epochs", type=int, default=40, help="probe training epochs (default 40)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and the probe (default 0)")
-    p.add_argument("--min-support", type=int, default=5, metavar="N", help="a position gets a class when at least N training prompts reach it (default 5)")
-    p.add_argument("--probe-dir", default=None, metavar="DIR", help="where to save the trained probe (default: OUT/probe)")
-    p.add_argument("--load-probe", default=None, metavar="DIR", help="evaluate a saved probe instead of training one")
+    p.add_argument("--scales", default=DEFAULT_SCALES, type=scale_list, metavar="M,M,...", help=f"embedding scales m (default {DEFAULT_SCALES})")
+    p.add_argument("--embedding", nargs="+", action="extend", default=[], type=existing_file, metavar="FILE", help="learned embedding file(s) to place in the prompts")
+    p.add_argument("--site", default=None, type=nonempty("site"), help="site to probe (default: the model's LN(e + p); on RoPE models, which have none, blocks.3.resid_post)")
+    p.add_argument("--prompts", default=None, type=existing_file, metavar="FILE", help="prompt file, one per line, '#' comments (default: the packaged 305 prompts)")
+    p.add_argument("--max-prompts", type=positive_int, default=None, metavar="N", help="use a seeded subset of N prompts (faster)")
+    p.add_argument("--held-out", type=float_range(0, 1, lo_open=True, hi_open=True, what="the held-out fraction"), default=0.2, metavar="FRACTION", help="fraction of prompts held out for evaluation (default 0.2)")
+    p.add_argument("--hidden", type=int_range(1, 65_536, "the hidden width"), default=256, help="probe hidden width (default 256)")
+    p.add_argument("--epochs", type=int_range(1, 100_000, "the number of epochs"), default=40, help="probe training epochs (default 40)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the split and the probe (default 0)")
+    p.add_argument("--min-support", type=positive_int, default=5, metavar="N", help="a position gets a class when at least N training prompts reach it (default 5)")
+    p.add_argument("--probe-dir", default=None, type=out_dir, metavar="DIR", help="where to save the trained probe (default: OUT/probe)")
+    p.add_argument("--load-probe", default=None, type=existing_dir, metavar="DIR", help="evaluate a saved probe instead of training one")
     add_model_args(p)
     add_out_arg(p, "runs/probe-position")
 
@@ -73,12 +75,19 @@ def run(args) -> int:
 
     scales = _args.parse_scales(args.scales)
     _args.check_files(args.embedding)
+    from geomkit.commands._common import no_duplicates
+
+    no_duplicates(args.embedding, "--embedding", paths=True)
     _args.positive_int(args.max_prompts, "--max-prompts")
     _args.positive_int(args.hidden, "--hidden")
     _args.positive_int(args.epochs, "--epochs")
     _args.positive_int(args.min_support, "--min-support")
     prompts = _args.subsample(read_prompts(args.prompts), args.max_prompts, args.seed)
     train_p, test_p = split_prompts(prompts, args.held_out, args.seed)
+    if args.min_support > len(train_p):
+        from geomkit.errors import GeomkitError
+
+        raise GeomkitError(f"--min-support {args.min_support}: there are only {len(train_p)} training prompts; give at most that")
     out = report.prepare_out(args.out)
     enc = load(args)
     site, site_why = pos.choose_site(enc, args.site)

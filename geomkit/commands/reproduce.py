@@ -16,10 +16,12 @@ DESCRIPTION = (
 
 def add_arguments(p):
     p.add_argument("--quick", action="store_true", help="reduced sizes for CI (a few minutes); results go to runs/reproduce-quick unless --out says otherwise")
-    p.add_argument("--out", default=None, metavar="DIR", help="write everything under DIR: raw outputs in DIR/probes, figures and REPORT.md in DIR/figures "
+    from geomkit.commands._common import out_dir
+
+    p.add_argument("--out", default=None, type=out_dir, metavar="DIR", help="write everything under DIR: raw outputs in DIR/probes, figures and REPORT.md in DIR/figures "
                    "(default: the repository's probes/ and figures/, or runs/reproduce-quick with --quick)")
-    p.add_argument("--results", default=None, metavar="DIR", help="raw outputs per model and step, overriding --out (default: OUT/probes; without --out probes/, or runs/reproduce-quick/probes with --quick)")
-    p.add_argument("--figures", default=None, metavar="DIR", help="PNGs and REPORT.md, overriding --out (default: OUT/figures; without --out figures/, or runs/reproduce-quick/figures with --quick)")
+    p.add_argument("--results", default=None, type=out_dir, metavar="DIR", help="raw outputs per model and step, overriding --out (default: OUT/probes; without --out probes/, or runs/reproduce-quick/probes with --quick)")
+    p.add_argument("--figures", default=None, type=out_dir, metavar="DIR", help="PNGs and REPORT.md, overriding --out (default: OUT/figures; without --out figures/, or runs/reproduce-quick/figures with --quick)")
     p.add_argument("--force", action="store_true", help="rerun every step instead of reusing finished ones")
     p.add_argument("--only", nargs="+", default=None, metavar="STEP", help="run only these steps (e.g. neighbors norms)")
     p.add_argument("--models", nargs="+", default=None, metavar="MODEL", help="run only the steps of these models (gemma3-270m minilm-l6 whisper-tiny-en)")
@@ -39,9 +41,15 @@ def run(args) -> int:
     unknown = [m for m in args.models or [] if m not in MODELS]
     if unknown:
         raise GeomkitError(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    chosen = [s for s in plan(Path("."), args.quick)
+              if (not args.only or s.name in args.only) and (not args.models or s.model in args.models)]
+    if not chosen:
+        pairs = sorted({f"{s.name}" for s in plan(Path("."), args.quick) if s.model in (args.models or [])})
+        raise GeomkitError(f"--only {' '.join(args.only or [])} with --models {' '.join(args.models or [])}: no step is both; "
+                           f"the steps of those models are {', '.join(pairs)}")
     base = Path(args.out).expanduser() if args.out else (Path("runs/reproduce-quick") if args.quick else Path("."))
-    results = report.prepare_out(args.results or base / "probes")
-    figures = report.prepare_out(args.figures or base / "figures")
+    results = report.prepare_out(args.results or base / "probes", "--out" if args.out and not args.results else "--results")
+    figures = report.prepare_out(args.figures or base / "figures", "--out" if args.out and not args.figures else "--figures")
     steps = [s for s in plan(results, args.quick)
              if (not args.only or s.name in args.only) and (not args.models or s.model in args.models)]
     status = run_steps(steps, results, figures, force=args.force)

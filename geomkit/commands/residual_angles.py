@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geomkit.commands._common import add_model_args, add_out_arg
+from geomkit.commands._common import add_model_args, add_out_arg, existing_file, positive_int, scale_list, seed_int, word_csv
 
 NAME = "residual-angles"
 ORDER = 41
@@ -20,12 +20,12 @@ DEFAULT_SCALES = "0.5,1,2,4,8,16"
 
 
 def add_arguments(p):
-    p.add_argument("--scales", default=DEFAULT_SCALES, metavar="M,M,...", help=f"embedding scales m (default {DEFAULT_SCALES})")
-    p.add_argument("--words", default="dog,cat,car,house", metavar="W,W,...", help="concept words, each one token (default dog,cat,car,house)")
-    p.add_argument("--embedding", nargs="+", action="extend", default=[], metavar="FILE", help="learned embedding file(s), placed where the first word stands")
-    p.add_argument("--prompts", default=None, metavar="FILE", help="template file, one '{}' per line (default: the packaged evaluation prompts)")
-    p.add_argument("--max-prompts", type=int, default=None, metavar="N", help="use a seeded subset of N templates (faster)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the template subset (default 0)")
+    p.add_argument("--scales", default=DEFAULT_SCALES, type=scale_list, metavar="M,M,...", help=f"embedding scales m (default {DEFAULT_SCALES})")
+    p.add_argument("--words", default="dog,cat,car,house", type=word_csv, metavar="W,W,...", help="concept words, each one token (default dog,cat,car,house)")
+    p.add_argument("--embedding", nargs="+", action="extend", default=[], type=existing_file, metavar="FILE", help="learned embedding file(s), placed where the first word stands")
+    p.add_argument("--prompts", default=None, type=existing_file, metavar="FILE", help="template file, one '{}' per line (default: the packaged evaluation prompts)")
+    p.add_argument("--max-prompts", type=positive_int, default=None, metavar="N", help="use a seeded subset of N templates (faster)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the template subset (default 0)")
     add_model_args(p)
     add_out_arg(p, "runs/residual-angles")
 
@@ -110,6 +110,10 @@ def run(args) -> int:
     if not words:
         raise GeomkitError("--words: give at least one word (comma-separated)")
     _args.check_files(args.embedding)
+    from geomkit.commands._common import no_duplicates
+
+    no_duplicates(words, "--words")
+    no_duplicates(args.embedding, "--embedding", paths=True)
     _args.positive_int(args.max_prompts, "--max-prompts")
     templates = _args.subsample(read_prompts(args.prompts, default=EVAL_PROMPTS, placeholder=True), args.max_prompts, args.seed)
     out = report.prepare_out(args.out)

@@ -210,9 +210,12 @@ def load_probe(folder) -> tuple[PositionProbe, dict]:
     folder = Path(folder)
     if not (folder / PROBE_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
         raise GeomkitError(f"{folder}: no saved probe ({PROBE_FILE} + {CONFIG_FILE})")
-    cfg = json.loads((folder / CONFIG_FILE).read_text())
-    probe = PositionProbe(int(cfg["d_model"]), int(cfg["n_positions"]), int(cfg["hidden"]))
-    probe.load_state_dict(load_file(str(folder / PROBE_FILE)))
+    try:
+        cfg = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        probe = PositionProbe(int(cfg["d_model"]), int(cfg["n_positions"]), int(cfg["hidden"]))
+        probe.load_state_dict(load_file(str(folder / PROBE_FILE)))
+    except Exception as exc:  # damaged JSON or weights, missing keys, shapes that do not fit
+        raise GeomkitError(f"--load-probe {folder}: not a readable saved probe ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     return probe.eval().requires_grad_(False), cfg
 
 

@@ -1,0 +1,247 @@
+"""Bad input to every command except `train`: exit status 2, exactly one line on stderr that says
+what was wrong, no traceback, and nothing written: neither in the --out folder nor in the
+current folder. One table of cases over tiny random models (each case takes well under a second
+once the fixtures are built)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from helpers import run_cli
+
+OUT = "OUT"  # the case's --out folder (must not exist afterwards)
+
+
+@pytest.fixture(scope="module")
+def world(tiny_dir, tmp_path_factory):
+    """Files and folders the cases refer to by name."""
+    from geomkit.embeddings_io import save_learned
+
+    root = tmp_path_factory.mktemp("bad-inputs")
+    w = {"CLIP": str(tiny_dir("clip")), "BERT": str(tiny_dir("bert")), "SD": str(tiny_dir("sd"))}
+    v = torch.randn(1, 32, generator=torch.Generator().manual_seed(0))
+    save_learned(root / "a.safetensors", "<a>", v / v.norm() * 0.4)
+    w["EMB"] = str(root / "a.safetensors")
+    u = torch.randn(1, 32, generator=torch.Generator().manual_seed(1))
+    save_learned(root / "b.safetensors", "<b>", u / u.norm() * 0.4)
+    w["EMB2"] = str(root / "b.safetensors")
+    (root / "file.txt").write_text("not a folder\n")
+    w["FILE"] = str(root / "file.txt")
+    (root / "folder").mkdir()
+    w["DIR"] = str(root / "folder")
+    # a model folder whose config.json is not JSON
+    bad = root / "badjson"
+    shutil.copytree(w["CLIP"], bad)
+    (bad / "config.json").write_text('{"model_type": "clip_text_model",')
+    w["BADJSON"] = str(bad)
+    weights = root / "badweights"
+    shutil.copytree(w["CLIP"], weights)
+    (weights / "model.safetensors").write_bytes(b"garbage")
+    w["BADWEIGHTS"] = str(weights)
+    # a pipeline's text_encoder folder on its own: config.json, no tokenizer
+    w["TEXT_ENCODER"] = str(tiny_dir("sd") / "text_encoder")
+    # a pipeline folder whose component folders were not copied
+    bare = root / "bare-pipeline"
+    bare.mkdir()
+    shutil.copy(tiny_dir("sd") / "model_index.json", bare)
+    w["BARE_SD"] = str(bare)
+    # references: one unreadable image
+    refs = root / "refs"
+    refs.mkdir()
+    (refs / "broken.png").write_bytes(b"not a png")
+    w["BAD_REFS"] = str(refs)
+    good = root / "good-refs"
+    good.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), "red").save(good / "r.png")
+    w["REFS"] = str(good)
+    # scorer folders: enough for the checks that run before any scorer loads
+    for kind in ("dinov2", "siglip"):
+        f = root / kind
+        f.mkdir()
+        (f / "config.json").write_text(json.dumps({"model_type": kind}))
+        (f / "preprocessor_config.json").write_text("{}")
+        w[kind.upper()] = str(f)
+        w[f"{kind.upper()}_NO_WEIGHTS"] = str(f)
+        f = root / f"{kind}-weights"
+        shutil.copytree(root / kind, f)
+        (f / "model.safetensors").write_bytes(b"")
+        w[kind.upper()] = str(f)
+    (root / "plain-prompts.txt").write_text("a {} in the rain\n")
+    (root / "binary.txt").write_bytes(bytes(range(128, 256)))
+    w["BINARY"] = str(root / "binary.txt")
+    probe = root / "damaged-probe"
+    probe.mkdir()
+    (probe / "config.json").write_text('{"d_model": 32')
+    (probe / "probe.safetensors").write_bytes(b"x")
+    w["DAMAGED_PROBE"] = str(probe)
+    w["PLAIN_PROMPTS"] = str(root / "plain-prompts.txt")
+    # a finished training run whose log is garbage
+    run = root / "run-garbage-log"
+    run.mkdir()
+    save_learned(run / "learned_embeds.safetensors", "<a>", v)
+    (run / "results.json").write_text(json.dumps({"method": "dti", "model": w["CLIP"], "placeholder": "<a>", "init_word": "dog"}))
+    (run / "train_log.jsonl").write_text("garbage\n{also garbage\n" + json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    w["RUN_GARBAGE_LOG"] = str(run)
+    return w
+
+
+FAST = ["--steps", "1", "--size", "32", "--no-progress"]
+GEN = ["generate", "--model", "SD", "--embedding", "EMB", "--prompt", "a photo of {}", *FAST]
+EVAL = ["evaluate", "--model", "SD", "--embedding", "EMB", "--class-word", "dog", "--reference", "REFS",
+        "--dino", "DINOV2", "--siglip", "SIGLIP", *FAST]
+INTERP = ["interpolate", "EMB", "EMB2"]
+
+CASES = [
+    # ---- argparse: one line, a usage block never
+    (["frobnicate"], "invalid choice"),
+    (["neighbors", "apple", "--model", "CLIP", "--top-k"], "expected one argument"),
+    (["neighbors", "apple", "--model", "CLIP", "--bogus"], "unrecognized arguments"),
+    (["evaluate", "--model", "SD"], "required"),
+    # ---- numbers: type, range, finiteness
+    (["neighbors", "apple", "--model", "CLIP", "-k", "0"], "at least 1"),
+    (["neighbors", "apple", "--model", "CLIP", "-k", "ten"], "not an integer"),
+    (["neighbors", "apple", "--model", "CLIP", "-k", "100000"], "vocabulary"),
+    (["norms", "--model", "CLIP", "--bins", "0"], "at least 1"),
+    (["norms", "--model", "CLIP", "--extremes", "-1"], "at least 0"),
+    (["probe-position", "--model", "CLIP", "--scales", "-1,2"], "positive"),
+    (["probe-position", "--model", "CLIP", "--scales", "1e300"], "overflow"),
+    (["residual-angles", "--model", "CLIP", "--scales", "1,nan"], "positive finite"),
+    (["attenuation", "--model", "CLIP", "--scales", "0.5,inf"], "positive finite"),
+    (["attenuation", "--model", "CLIP", "--tokens", "0"], "at least 1"),
+    (["probe-position", "--model", "CLIP", "--held-out", "1.5"], "outside"),
+    (["probe-position", "--model", "CLIP", "--epochs", "-3"], "at least 1"),
+    (["probe-position", "--model", "CLIP", "--seed", "-1"], "at least 0"),
+    (["residual-angles", "--model", "CLIP", "--words", "dog,,cat"], "empty item"),
+    ([*GEN, "--guidance", "nan"], "finite"),
+    ([*GEN, "--guidance", "1e300"], "outside"),
+    ([*GEN, "--cell", "0"], "at least 16"),
+    ([*GEN, "--seeds", "-1"], "at least 0"),
+    ([*GEN, "--size", "33"], "multiple of 8"),
+    ([*GEN, "--device", "gpu"], "use auto, cpu"),
+    ([*GEN, "--dtype", "int8"], "use auto, float32"),
+    ([*INTERP, "--ratios", "0,nan"], "finite"),
+    ([*INTERP, "--cell", "0", "--model", "SD", "--prompt", "a {}"], "at least 16"),
+    ([*EVAL, "--eval-batch-size", "0"], "at least 1"),
+    # ---- paths: empty, a file for a folder and the reverse
+    (["neighbors", "apple", "--model", "CLIP", "--out", ""], "empty folder name"),
+    (["neighbors", "apple", "--model", "CLIP", "--out", "FILE"], "is a file"),
+    (["neighbors", "apple", "--model", "FILE"], "is a file"),
+    (["norms", "--model", "CLIP", "--embedding", "DIR"], "is a folder"),
+    (["probe-position", "--model", "CLIP", "--probe-dir", "FILE"], "is a file"),
+    (["probe-position", "--model", "CLIP", "--load-probe", "FILE"], "is a file"),
+    (["probe-position", "--model", "CLIP", "--prompts", "DIR"], "is a folder"),
+    ([*EVAL, "--reference", "FILE"], "is a file"),
+    (["compare", "FILE"], "is a file"),
+    (["reproduce", "--results", "FILE"], "--results"),
+    (["reproduce", "--figures", "FILE"], "--figures"),
+    # ---- accepted though meaningless, now refused
+    (["neighbors", "\U0001F98A", "--model", "BERT"], "unknown token"),
+    (["neighbors", "a" * 5000, "--model", "BERT"], "unknown token"),
+    (["neighbors", "apple", "--related", "\U0001F98A", "--model", "BERT"], "unknown token"),
+    (["neighbors", "", "--model", "CLIP"], "empty word"),
+    ([*INTERP, "--token", ""], "empty token name"),
+    ([*INTERP, "--token", "dog"], "ordinary word"),
+    ([*INTERP, "--token", "dog", "--model", "SD", "--prompt", "a {}"], "already a token"),
+    ([*GEN, "--token", "dog"], "already a token"),
+    ([*EVAL, "--class-word", ""], "empty class word"),
+    ([*EVAL, "--prompt-set", "live", "--prompts", "PLAIN_PROMPTS"], "drop --prompt-set"),
+    (["compare", "RUN_GARBAGE_LOG"], "damaged"),
+    (["probe-position", "--model", "CLIP", "--min-support", "1000", "--max-prompts", "6"], "training prompts"),
+    (["interpolate", "EMB", "EMB"], "same vectors"),
+    (["generate", "--model", "SD", "--prompt", "a photo of {}", *FAST], "no learned token"),
+    (["neighbors", "apple", "apple", "--model", "CLIP"], "given twice"),
+    (["norms", "--model", "CLIP", "--embedding", "EMB", "EMB"], "given twice"),
+    (["residual-angles", "--model", "CLIP", "--words", "dog,dog"], "given twice"),
+    (["compare", "RUN_GARBAGE_LOG", "RUN_GARBAGE_LOG"], "given twice"),
+    (["norms", "--model", "CLIP", "--extremes", "5000"], "at most 1000"),
+    (["reproduce", "--only", "train-ti", "--models", "minilm-l6", "--results", "OUT", "--figures", "OUT"], "no step"),
+    # ---- what only a model load reveals
+    (["neighbors", "apple", "--model", "BADJSON"], "not valid JSON"),
+    (["probe-position", "--model", "BADJSON"], "not valid JSON"),
+    (["residual-angles", "--model", "BADJSON"], "not valid JSON"),
+    (["norms", "--model", "TEXT_ENCODER"], "no tokenizer files"),
+    (["neighbors", "apple", "--model", "BADWEIGHTS"], "could not load"),
+    (["generate", "--model", "BARE_SD", "--prompt", "x", *FAST], "lacks the component"),
+    (["evaluate", "--model", "BARE_SD", "--embedding", "EMB", "--class-word", "dog", "--reference", "REFS",
+      "--dino", "DINOV2", "--siglip", "SIGLIP"], "lacks the component"),
+    # ---- checked before anything is rendered or written
+    ([*EVAL, "--reference", "BAD_REFS"], "not a readable image"),
+    ([*EVAL, "--dino", "DINOV2_NO_WEIGHTS"], "no weights"),
+    (["generate", "--model", "SD", "--embedding", "EMB", "--prompts", "BINARY", *FAST], "UTF-8"),
+    ([*EVAL, "--prompts", "BINARY"], "UTF-8"),
+    (["residual-angles", "--model", "CLIP", "--prompts", "BINARY"], "UTF-8"),
+    (["probe-position", "--model", "CLIP", "--load-probe", "DAMAGED_PROBE", "--max-prompts", "6"], "not a readable saved probe"),
+    ([*INTERP, "--model", "SD", "--prompt", "a {}", "--dtype", "int8"], "float32"),
+]
+if not torch.cuda.is_available():
+    CASES += [
+        ([*GEN, "--device", "cuda"], "CUDA is not available"),
+        ([*INTERP, "--model", "SD", "--prompt", "a {}", "--device", "cuda"], "CUDA is not available"),
+        ([*EVAL, "--device", "cuda"], "CUDA is not available"),
+    ]
+
+
+def _id(case):
+    argv, needle = case
+    return f"{argv[0]}:{needle}"
+
+
+@pytest.mark.parametrize("argv,needle", CASES, ids=[_id(c) for c in CASES])
+def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, monkeypatch, capsys, argv, needle, one_thread):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    out = tmp_path / "out"
+    subst = dict(world, OUT=str(out))
+    argv = [subst.get(a, a) for a in argv]
+    if argv[0] not in ("reproduce", "frobnicate") and "--out" not in argv:
+        argv += ["--out", str(out)]
+    code, _stdout, err = run_cli(capsys, *argv)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2, (code, err)
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and needle in lines[0], lines[0]
+    assert lines[0].startswith(f"geomkit {argv[0]}: error: " if argv[0] != "frobnicate" else "geomkit: error: ")
+    assert not out.exists(), sorted(p.name for p in out.rglob("*"))
+    assert not any(cwd.iterdir()), sorted(p.name for p in cwd.rglob("*"))
+
+
+def test_reproduce_redoes_a_step_whose_results_are_damaged(tmp_path):
+    """A finished step whose results.json is unreadable is run again, not a crash."""
+    from geomkit.reproduce import Step, run_steps
+
+    root, figures = tmp_path / "probes", tmp_path / "figures"
+    steps = [Step("neighbors", "minilm-l6", ["neighbors", "apple"]), Step("norms", "minilm-l6", ["norms"])]
+    for s in steps:
+        (root / s.model / s.name).mkdir(parents=True)
+        (root / s.model / s.name / "results.json").write_text("{}")
+    (root / "minilm-l6" / "norms" / "results.json").write_text('{"cut off')
+    (root / "minilm-l6" / "norms" / "step.json").write_text("garbage")
+    ran = []
+
+    def runner(argv):
+        out = argv[argv.index("--out") + 1]
+        ran.append(argv[0])
+        (tmp_path / "probes" / "minilm-l6" / argv[0]).mkdir(parents=True, exist_ok=True)
+        with open(f"{out}/results.json", "w") as f:
+            f.write("{}")
+        return 0
+
+    status = run_steps(steps, root, figures, runner=runner, log=lambda *a: None)
+    assert ran == ["norms"]
+    assert [s["status"] for s in status] == ["reused", "ran"]
+    assert json.loads((root / "minilm-l6" / "norms" / "results.json").read_text()) == {}
+
+
+def test_negative_looking_values_reach_the_option(capsys):
+    """`--scales -1,2` is a value (refused by the option's check), not an unknown option."""
+    from geomkit.cli import build_parser
+
+    args = build_parser().parse_args(["attenuation", "--scales", "0.5,2"])
+    assert args.scales == [0.5, 2.0]
+    code, _, err = run_cli(capsys, "attenuation", "--scales", "-1,2")
+    assert code == 2 and "expected one argument" not in err and "positive" in err
