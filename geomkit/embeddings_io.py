@@ -74,11 +74,19 @@ def _container(p: Path) -> str:
 
 
 def _refused_global(text: str) -> str:
-    for line in text.splitlines():
-        line = line.strip()
-        if "GLOBAL" in line or "Unsupported global" in line or "unsupported" in line.lower():
-            return line.rstrip(".")
-    return ""
+    """What the restricted unpickler refused, in a few words (e.g. "posix.system")."""
+    import re
+
+    m = re.search(r"GLOBAL\s+([\w.]+)", text)
+    if m:
+        return f"it asks for {m.group(1)}"
+    m = re.search(r"Unsupported operand \d+", text)
+    return m.group(0).lower() if m else ""
+
+
+def _first_sentence(exc) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text.split(". ")[0][:160]
 
 
 def _torch_load(p: Path):
@@ -99,10 +107,9 @@ def _torch_load(p: Path):
                 f"tensors ({what or 'an object the restricted unpickler does not build'}); nothing in it was run. "
                 "Ask for a .safetensors version, or convert it where you trust its source"
             ) from None
-        raise GeomkitError(f"{p}: not a readable PyTorch pickle ({str(exc).splitlines()[0][:160]}); is it truncated or corrupt?") from None
+        raise GeomkitError(f"{p}: not a readable PyTorch pickle ({_first_sentence(exc)}); is it truncated or corrupt? Download it again") from None
     except Exception as exc:  # zip/pickle readers raise RuntimeError, EOFError, ValueError, ... on damaged files
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise GeomkitError(f"{p}: not a readable PyTorch pickle ({first}); is it truncated or corrupt? Download it again") from None
+        raise GeomkitError(f"{p}: not a readable PyTorch pickle ({_first_sentence(exc)}); is it truncated or corrupt? Download it again") from None
 
 
 def read_tensors(path) -> dict:
