@@ -298,6 +298,8 @@ def run(args) -> int:
         for ef, parts in by_file.values():
             fixed = {label: (i, ins.rescale(ef.parts[label], encoder_state(i)[1].m_star)) for label, i in parts}
             f = out / f"{Path(ef.path).stem}-rescaled.safetensors"
+            if f in written:  # x.pt and x.safetensors: keep both
+                f = out / f"{Path(ef.path).stem}-{Path(ef.path).suffix.lstrip('.') or 'file'}-{len(written)}-rescaled.safetensors"
             if set(fixed) == {"clip_l", "clip_g"}:
                 save_sdxl_pair(f, fixed["clip_l"][1], fixed["clip_g"][1])
             else:
