@@ -259,13 +259,19 @@ def load_learned_set(paths, d_model: Optional[int] = None, encoder: Optional[int
     """{name: (n_vectors, d) float32} for several files. Files sharing a token name (the TI and DTI
     runs of one placeholder) are told apart by file stem, or by run folder for `learned_embeds`."""
     items = [(Path(p), load_learned(p, d_model=d_model, encoder=encoder)) for p in paths]
-    names = [item.name for _, item in items]
-    out = {}
-    for p, item in items:
-        name = item.name
-        if names.count(name) > 1:
-            name = f"{name} ({p.stem if p.stem != 'learned_embeds' else p.resolve().parent.name})"
-        out[name] = item.vectors
+    labels = distinct_names([p for p, _ in items], [item.name for _, item in items])
+    return {label: item.vectors for label, (_, item) in zip(labels, items)}
+
+
+def distinct_names(paths, names) -> list:
+    """Token names made distinct for display: a name shared by several files gets the file's stem,
+    or its run folder for `learned_embeds*` files (the TI and DTI runs of one placeholder)."""
+    out = []
+    for p, name in zip(paths, names):
+        p = Path(p)
+        if list(names).count(name) > 1:
+            name = f"{name} ({p.stem if not p.stem.startswith('learned_embeds') else p.resolve().parent.name})"
+        out.append(name)
     return out
 
 

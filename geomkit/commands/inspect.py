@@ -211,7 +211,7 @@ def run(args) -> int:
 
     from geomkit import inspection as ins
     from geomkit import report
-    from geomkit.embeddings_io import read_embedding, save_learned, save_sdxl_pair
+    from geomkit.embeddings_io import distinct_names, read_embedding, save_learned, save_sdxl_pair
     from geomkit.errors import GeomkitError
     from geomkit.models import load_encoder
     from geomkit.probes import _args
@@ -286,9 +286,10 @@ def run(args) -> int:
             rows.append(row)
         return rows
 
+    shown = dict(zip(map(id, files), distinct_names([f.path for f in files], [f.name for f in files])))
     tokens = []
     for ef, label, i in plan:
-        tokens += rows_for(ef.name, ef.parts[label], ef.path, i)
+        tokens += rows_for(shown[id(ef)], ef.parts[label], ef.path, i)
 
     written = []
     if args.fix == "rescale":
@@ -297,9 +298,12 @@ def run(args) -> int:
             by_file.setdefault(id(ef), (ef, []))[1].append((label, i))
         for ef, parts in by_file.values():
             fixed = {label: (i, ins.rescale(ef.parts[label], encoder_state(i)[1].m_star)) for label, i in parts}
-            f = out / f"{Path(ef.path).stem}-rescaled.safetensors"
-            if f in written:  # x.pt and x.safetensors: keep both
-                f = out / f"{Path(ef.path).stem}-{Path(ef.path).suffix.lstrip('.') or 'file'}-{len(written)}-rescaled.safetensors"
+            src = Path(ef.path)
+            stems = [Path(e.path).stem for e in files]
+            stem = f"{src.resolve().parent.name}-{src.stem}" if stems.count(src.stem) > 1 else src.stem
+            f = out / f"{stem}-rescaled.safetensors"
+            if f in written:  # x.pt and x.safetensors in one folder: keep both
+                f = out / f"{stem}-{src.suffix.lstrip('.') or 'file'}-rescaled.safetensors"
             if set(fixed) == {"clip_l", "clip_g"}:
                 save_sdxl_pair(f, fixed["clip_l"][1], fixed["clip_g"][1])
             else:
@@ -308,7 +312,7 @@ def run(args) -> int:
             written.append(f)
             for label, (i, vec) in fixed.items():
                 part = back.parts["clip_l" if label == "clip_l" else "clip_g"] if back.is_pair else next(iter(back.parts.values()))
-                tokens += rows_for(ef.name, part, f, i, fixed="rescale")
+                tokens += rows_for(shown[id(ef)], part, f, i, fixed="rescale")
 
     model_name = state[min(state)][0].name if len(state) == 1 else str(args.model)
     results = {"model": model_name, "tokens": tokens}
