@@ -63,13 +63,13 @@ class EmbeddingFile:
 # ---- containers ------------------------------------------------------------------------------
 def _container(p: Path) -> str:
     """"pickle" or "safetensors", from the file's first bytes (a renamed file is still recognised);
-    the suffix decides only for files too short to tell."""
+    the suffix decides only for files too short or too damaged to tell."""
     with open(p, "rb") as fh:
-        head = fh.read(8)
+        head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30):
+        return "safetensors"  # an 8-byte little-endian header length, then the JSON header
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save zip archive / legacy pickle
         return "pickle"
-    if len(head) == 8 and int.from_bytes(head, "little") < (1 << 30):
-        return "safetensors"  # an 8-byte little-endian header length
     return "pickle" if p.suffix.lower() in PICKLE_SUFFIXES else "safetensors"
 
 
@@ -98,7 +98,8 @@ def _torch_load(p: Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(str(p), weights_only=True, map_location="cpu")
+            with open(p, "rb") as fh:  # a file object: torch.load never guesses the format from the suffix
+                return torch.load(fh, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
         what = _refused_global(str(exc))
         if what or "Weights only load failed" in str(exc):

@@ -263,3 +263,19 @@ def test_diffusers_loads_convert_outputs(tmp_path, tiny_dir, capsys):
     pipe.load_textual_inversion(state["clip_g"], token="<p>", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
     for tk, te, rows in ((pipe.tokenizer, pipe.text_encoder, l), (pipe.tokenizer_2, pipe.text_encoder_2, g)):
         assert torch.equal(te.get_input_embeddings().weight[tk.convert_tokens_to_ids("<p>")].detach(), rows[0])
+
+
+def test_container_is_told_by_content_not_suffix(tmp_path):
+    """A safetensors header length whose low byte is 0x80 (a pickle's first byte) is still safetensors;
+    a diffusers pickle renamed .safetensors is still read (safely) as a pickle."""
+    name = next(n for n in range(1, 300) if _header_low_byte(tmp_path, n) == 0x80)
+    f = tmp_path / "h.safetensors"
+    assert read_embedding(f).name == "<" + "x" * name + ">" and read_embedding(f).container == "safetensors"
+    torch.save({"<p>": torch.randn(2, D)}, tmp_path / "renamed.safetensors")
+    ef = read_embedding(tmp_path / "renamed.safetensors")
+    assert ef.container == "pickle" and ef.name == "<p>"
+
+
+def _header_low_byte(tmp_path, n):
+    save_file({"<" + "x" * n + ">": torch.ones(1, D)}, str(tmp_path / "h.safetensors"))
+    return (tmp_path / "h.safetensors").read_bytes()[0]
