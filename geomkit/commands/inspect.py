@@ -95,7 +95,7 @@ def plot(panels: list, title: str):
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    colors = ["#C44E52", "#55A868", "#8172B2", "#CCB974", "#64B5CD", "#DD8452"]
+    colors = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (0, 1)]  # not the histogram's blue
     broken = []
     for p in panels:
         live = p["live"]
@@ -104,8 +104,9 @@ def plot(panels: list, title: str):
         out = [t for t in p["tokens"] if not (lo - pad <= t["norm"] <= hi + pad)]
         broken.append(bool(out))
     n = len(panels)
-    fig = plt.figure(figsize=(9.0, 3.6 * n))
-    grid = fig.add_gridspec(n, 2, width_ratios=[3, 1] if any(broken) else [1, 0.0001], wspace=0.06, hspace=0.45)
+    rows_legend = [1 + (len(p["tokens"]) + 1) // 2 for p in panels]
+    fig = plt.figure(figsize=(9.0, sum(3.4 + 0.2 * r for r in rows_legend)))
+    grid = fig.add_gridspec(n, 2, width_ratios=[3, 1] if any(broken) else [1, 0.0001], wspace=0.06, hspace=0.35 + 0.08 * max(rows_legend))
     for r, (p, is_broken) in enumerate(zip(panels, broken)):
         live = p["live"]
         lo, hi = float(live.min()), float(live.max())
@@ -144,7 +145,7 @@ def plot(panels: list, title: str):
             x = 1 if above else 0
             ax.plot((x - 0.01, x + 0.01), (-0.02, 0.02), **kw)
             ax.plot((x - 0.01, x + 0.01), (0.98, 1.02), **kw)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=2, frameon=False)
     fig.suptitle(title, fontsize=11)
     return fig
 
@@ -291,12 +292,19 @@ def run(args) -> int:
     for ef, label, i in plan:
         tokens += rows_for(shown[id(ef)], ef.parts[label], ef.path, i)
 
-    written = []
+    written, skipped = [], []
     if args.fix == "rescale":
         by_file = {}
         for ef, label, i in plan:
             by_file.setdefault(id(ef), (ef, []))[1].append((label, i))
         for ef, parts in by_file.values():
+            at_m = all(
+                torch.allclose(ef.parts[label].double().norm(dim=-1), torch.tensor(encoder_state(i)[1].m_star, dtype=torch.float64), rtol=1e-5)
+                for label, i in parts
+            )
+            if at_m:
+                skipped.append(ef.path)  # already at m* (a DTI token): a rescaled copy would be the same file
+                continue
             fixed = {label: (i, ins.rescale(ef.parts[label], encoder_state(i)[1].m_star)) for label, i in parts}
             src = Path(ef.path)
             stems = [Path(e.path).stem for e in files]
@@ -333,6 +341,7 @@ def run(args) -> int:
         "frozen_fraction": ins.FROZEN_FRACTION,
     }
     results["rescaled_files"] = [str(f) for f in written]
+    results["already_at_m_star"] = [str(f) for f in skipped]
     notes = [f"model {args.model}: " + ", ".join(f"encoder {i} {s[0].name} ({s[0].family.name}, d={s[0].d_model}, m* {s[1].m_star:.4f})" for i, s in sorted(state.items()))]
     if any(s[0].family.name == "gemma" for s in state.values()):
         notes.append("Gemma 3 270M numbers come from Q4_K_M-quantised weights (de-quantised).")
@@ -367,6 +376,8 @@ def run(args) -> int:
         if t["position_accuracy"] is None:
             print(f"  position: {t['position_note']}")
         print(f"  verdict: {t['verdict']}")
+    for f in skipped:
+        print(f"\n--fix rescale: {f} is already at m*; no copy written")
     extra = (", " + ", ".join(str(f) for f in written)) if written else ""
     print(f"\nwrote {out / 'results.json'}, {out / 'report.md'}, {out / 'inspect.png'}{extra}")
     del torch
