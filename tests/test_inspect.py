@@ -140,6 +140,10 @@ def test_fix_rescale_keeps_the_direction_at_m_star(tiny_dir, tiny_encoder, tmp_p
     assert all(t["norm_ratio"] == pytest.approx(1.0, rel=1e-6) and "drown" not in t["verdict"] for t in fixed)
     # rescaling keeps the direction, so the cosine neighbours are unchanged
     assert [nb["id"] for nb in fixed[0]["cosine_neighbors"]] == [nb["id"] for nb in orig[0]["cosine_neighbors"]]
+    # a file already at m* (a DTI token, or the copy just written) gets no second copy
+    code, _, _ = run_cli(capsys, "inspect", f, "--model", tiny_dir("clip"), "--out", tmp_path / "o2", "--fix", "rescale", "--no-effects")
+    res = json.loads((tmp_path / "o2" / "results.json").read_text())
+    assert code == 0 and res["already_at_m_star"] == [f] and res["rescaled_files"] == [] and len(res["tokens"]) == 2
 
 
 def test_sdxl_pair_is_inspected_on_both_encoders(tiny_dir, tiny_encoder, tmp_path, capsys, one_thread):
