@@ -161,7 +161,8 @@ def test_sdxl_pair_is_inspected_on_both_encoders(tiny_dir, tiny_encoder, tmp_pat
         assert r["m_star"] == pytest.approx(ins.vocab_norms(enc.embedding_table()).m_star, rel=1e-12)
         assert [nb["id"] for nb in r["cosine_neighbors"]] == brute_neighbours(enc.embedding_table(), part[0], 10)[0]
         assert r["position_accuracy"] is None and r["position_note"] == "not measured (--no-effects)"
-    code, _, _ = run_cli(capsys, "inspect", tmp_path / "pair.pt", "--model", sdxl, "--encoder", "2", "--out", tmp_path / "o2", "--no-effects")
+    code, out, _ = run_cli(capsys, "inspect", tmp_path / "pair.pt", "--model", sdxl, "--encoder", "2", "--out", tmp_path / "o2", "--no-effects")
+    assert "part clip_l (32-d) not inspected (--encoder 2)" in out
     assert code == 0 and [r["encoder"] for r in json.loads((tmp_path / "o2" / "results.json").read_text())["tokens"]] == [2]
     # a one-part file goes to the encoder of its dimension
     save_file({"<g>": g}, str(tmp_path / "g.safetensors"))

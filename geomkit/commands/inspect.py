@@ -343,6 +343,12 @@ def run(args) -> int:
     results["rescaled_files"] = [str(f) for f in written]
     results["already_at_m_star"] = [str(f) for f in skipped]
     notes = [f"model {args.model}: " + ", ".join(f"encoder {i} {s[0].name} ({s[0].family.name}, d={s[0].d_model}, m* {s[1].m_star:.4f})" for i, s in sorted(state.items()))]
+    done = {(id(ef), label) for ef, label, _ in plan}
+    for ef in files:
+        for label, vec in ef.parts.items():
+            if (id(ef), label) not in done:
+                why = f"--encoder {args.encoder}" if args.encoder is not None else f"no text encoder of dimension {vec.shape[-1]}"
+                notes.append(f"{ef.path}: part {label} ({vec.shape[-1]}-d) not inspected ({why})")
     if any(s[0].family.name == "gemma" for s in state.values()):
         notes.append("Gemma 3 270M numbers come from Q4_K_M-quantised weights (de-quantised).")
         results["note"] = notes[-1]
