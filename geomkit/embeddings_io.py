@@ -1,20 +1,38 @@
-"""Learned-embedding files, in the formats the ecosystem already uses (safetensors only).
+"""Learned-embedding files, in the formats the ecosystem already uses: the ONE reader of them.
 
-- diffusers / `load_textual_inversion`: `{token: float32 (n_vectors, d)}`, one key;
+Containers
+- safetensors;
+- PyTorch pickles (`.pt`, `.bin`, `.pth`, `.ckpt`), read ONLY with
+  `torch.load(weights_only=True, map_location="cpu")`: the restricted unpickler builds tensors and
+  plain containers (dict, list, str, int) and refuses every other Python object, so a file whose
+  `__reduce__` would run a command is refused without running it. geomkit never plain-unpickles.
+
+Layouts (either container)
+- diffusers / `load_textual_inversion`: `{token: (d,) or (n_vectors, d)}`, one key;
+- A1111 `.pt`: `{"string_to_param": {"*": (n, d)}, "string_to_token", "name", "step", ...}`
+  (the token is `name`, else the file's stem);
 - A1111 safetensors: `{"emb_params": (n, d)}` (the token is the file's stem);
 - SDXL community files (kohya, A1111, ComfyUI): `{"clip_l": (n, 768), "clip_g": (n, 1280)}`.
-Pickled files (.pt/.bin/.ckpt) are refused: geomkit never unpickles files handed to it.
+
+Every vector is checked: at least one vector of at least one value, finite, not all zeros
+(a zero vector has no direction: cosines, norm ratios and interpolation are undefined).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from geomkit.errors import GeomkitError
 
 SDXL_KEYS = ("clip_l", "clip_g")
+PICKLE_SUFFIXES = (".pt", ".bin", ".pth", ".ckpt")
+LAYOUTS = ("diffusers", "a1111", "sdxl")
+EXPECTED = (
+    "expected a textual-inversion embedding: diffusers {token: tensor}, A1111 string_to_param / emb_params, "
+    "or an SDXL clip_l/clip_g pair"
+)
 
 
 @dataclass
@@ -24,30 +42,208 @@ class Learned:
     path: str = ""
 
 
+@dataclass
+class EmbeddingFile:
+    """A learned-embedding file as read: its token, one (n, d) float32 tensor per part, and which
+    text encoder a part was written for when the file says so (SDXL clip_g, a `_2` file -> 2)."""
+
+    name: str
+    parts: dict  # label -> torch.Tensor (n_vectors, d) float32; label "clip_l"/"clip_g" or the file name
+    hints: dict = field(default_factory=dict)  # label -> 1 | 2
+    path: str = ""
+    layout: str = "diffusers"  # diffusers | a1111 | sdxl (how the file was laid out)
+    container: str = "safetensors"  # safetensors | pickle
+    meta: dict = field(default_factory=dict)  # A1111 extras: step, sd_checkpoint_name, ...
+
+    @property
+    def is_pair(self) -> bool:
+        return set(self.parts) == set(SDXL_KEYS)
+
+
+# ---- containers ------------------------------------------------------------------------------
+def _container(p: Path) -> str:
+    """"pickle" or "safetensors", from the file's first bytes (a renamed file is still recognised);
+    the suffix decides only for files too short or too damaged to tell."""
+    with open(p, "rb") as fh:
+        head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30):
+        return "safetensors"  # an 8-byte little-endian header length, then the JSON header
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save zip archive / legacy pickle
+        return "pickle"
+    return "pickle" if p.suffix.lower() in PICKLE_SUFFIXES else "safetensors"
+
+
+def _refused_global(text: str) -> str:
+    """What the restricted unpickler refused, in a few words (e.g. "posix.system")."""
+    import re
+
+    m = re.search(r"GLOBAL\s+([\w.]+)", text)
+    if m:
+        return f"it asks for {m.group(1)}"
+    m = re.search(r"Unsupported operand \d+", text)
+    return m.group(0).lower() if m else ""
+
+
+def _first_sentence(exc) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text.split(". ")[0][:160]
+
+
+def _torch_load(p: Path):
+    import pickle
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with open(p, "rb") as fh:  # a file object: torch.load never guesses the format from the suffix
+                return torch.load(fh, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        what = _refused_global(str(exc))
+        if what or "Weights only load failed" in str(exc):
+            raise GeomkitError(
+                f"{p}: refused by the safe loader (torch.load weights_only): the pickle holds Python objects, not only "
+                f"tensors ({what or 'an object the restricted unpickler does not build'}); nothing in it was run. "
+                "Ask for a .safetensors version, or convert it where you trust its source"
+            ) from None
+        raise GeomkitError(f"{p}: not a readable PyTorch pickle ({_first_sentence(exc)}); is it truncated or corrupt? Download it again") from None
+    except Exception as exc:  # zip/pickle readers raise RuntimeError, EOFError, ValueError, ... on damaged files
+        raise GeomkitError(f"{p}: not a readable PyTorch pickle ({_first_sentence(exc)}); is it truncated or corrupt? Download it again") from None
+
+
 def read_tensors(path) -> dict:
-    p = Path(path)
+    """The file's top-level dictionary (safetensors: name -> tensor; a pickle: whatever dict the
+    restricted unpickler built, e.g. A1111's nested one). A bare pickled tensor -> {stem: tensor}."""
+    import torch
+
+    p = Path(path).expanduser()
     if not p.exists():
         raise GeomkitError(f"embedding file {path} not found")
-    if p.suffix.lower() in (".pt", ".bin", ".ckpt", ".pth"):
-        raise GeomkitError(f"{path}: pickle files are not loaded (unsafe); convert it to .safetensors first")
+    if not p.is_file():
+        raise GeomkitError(f"{path} is not a file")
+    if p.stat().st_size == 0:
+        raise GeomkitError(f"{path}: the file is empty; download it again")
+    if _container(p) == "pickle":
+        obj = _torch_load(p)
+        if isinstance(obj, torch.Tensor):
+            return {p.stem: obj}
+        if not isinstance(obj, dict):
+            raise GeomkitError(f"{path}: the pickle holds a {type(obj).__name__}, not a dictionary; {EXPECTED}")
+        return obj
     from safetensors.torch import load_file
 
     try:
         return load_file(str(p))
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise GeomkitError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+        raise GeomkitError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]}); is it truncated or corrupt?") from None
 
 
-def single_token(tensors: dict, path) -> tuple:
-    """(token name, tensor) of a one-token file: diffusers `{token: t}` or A1111 `{"emb_params": t}`."""
-    if "emb_params" in tensors:
-        return Path(path).stem, tensors["emb_params"]
-    if len(tensors) == 1:
-        return next(iter(tensors.items()))
-    raise GeomkitError(
-        f"{path}: holds {len(tensors)} tensors ({', '.join(list(tensors)[:5])}); expected one token "
-        "(diffusers format) or an SDXL clip_l/clip_g pair"
-    )
+# ---- layouts ---------------------------------------------------------------------------------
+def check_vectors(vec, path, label: str = "") -> "object":
+    """(n, d) float32 from a (d,) or (n, d) tensor; a one-line error for anything that is not a
+    usable embedding (wrong rank, no vectors, empty vectors, NaN/inf, all-zero vectors)."""
+    import torch
+
+    where = f"{path}" + (f" [{label}]" if label and label != Path(str(path)).name else "")
+    if not isinstance(vec, torch.Tensor):
+        raise GeomkitError(f"{where}: holds a {type(vec).__name__} where a tensor was expected; {EXPECTED}")
+    if not (vec.is_floating_point() or vec.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise GeomkitError(f"{where}: tensor of type {vec.dtype}; expected floating-point vectors")
+    vec = vec.detach().to(torch.float32)
+    if vec.ndim == 1:
+        vec = vec[None]
+    if vec.ndim != 2:
+        raise GeomkitError(f"{where}: tensor of shape {tuple(vec.shape)}; expected (n_vectors, d)")
+    if vec.shape[0] == 0:
+        raise GeomkitError(f"{where}: holds no vectors (shape {tuple(vec.shape)}); the file is not a trained embedding")
+    if vec.shape[1] == 0:
+        raise GeomkitError(f"{where}: its vectors are empty (shape {tuple(vec.shape)}); the file is not a trained embedding")
+    if not torch.isfinite(vec).all():
+        raise GeomkitError(f"{where}: contains NaN or infinite values; the training diverged or the file is damaged")
+    zero = (vec == 0).all(dim=1).nonzero().flatten().tolist()
+    if zero:
+        which = "its only vector is" if vec.shape[0] == 1 else f"vector{'s' if len(zero) > 1 else ''} {', '.join(map(str, zero))} of {vec.shape[0]} {'are' if len(zero) > 1 else 'is'}"
+        raise GeomkitError(f"{where}: {which} all zeros (no direction: cosines and norm ratios are undefined); not a trained embedding")
+    return vec.contiguous()
+
+
+def _is_tensor(x) -> bool:
+    import torch
+
+    return isinstance(x, torch.Tensor)
+
+
+def parse_layout(obj: dict, path, name: Optional[str] = None) -> EmbeddingFile:
+    """An `EmbeddingFile` from a container's dictionary (see the module docstring for layouts)."""
+    p = Path(path)
+    keys = list(obj)
+    shown = ", ".join(map(str, keys[:6])) + (", ..." if len(keys) > 6 else "")
+    if set(SDXL_KEYS) <= set(keys) and all(_is_tensor(obj[k]) for k in SDXL_KEYS):
+        return EmbeddingFile(
+            name=name or p.stem,
+            parts={k: check_vectors(obj[k], p, k) for k in SDXL_KEYS},
+            hints={"clip_l": 1, "clip_g": 2},
+            path=str(p),
+            layout="sdxl",
+        )
+    hint = {p.name: 2} if p.stem.endswith("_2") or "_2-" in p.stem else {}
+    if "string_to_param" in obj:
+        params = obj["string_to_param"]
+        if not isinstance(params, dict) or not params:
+            raise GeomkitError(f"{path}: A1111 file whose string_to_param is not a {{'*': tensor}} dictionary; {EXPECTED}")
+        tensors = [v for v in params.values() if _is_tensor(v)]
+        if len(params) != 1 or len(tensors) != 1:
+            raise GeomkitError(f"{path}: A1111 file with {len(params)} entries in string_to_param; expected one ('*')")
+        stored = obj.get("name")
+        token = name or (stored.strip() if isinstance(stored, str) and stored.strip() else p.stem)
+        meta = {k: obj[k] for k in ("step", "sd_checkpoint", "sd_checkpoint_name") if isinstance(obj.get(k), (str, int, float))}
+        return EmbeddingFile(token, {p.name: check_vectors(tensors[0], p)}, hint, str(p), "a1111", meta=meta)
+    if "emb_params" in obj:
+        return EmbeddingFile(name or p.stem, {p.name: check_vectors(obj["emb_params"], p)}, hint, str(p), "a1111")
+    if len(obj) == 1 and _is_tensor(next(iter(obj.values()))):
+        key, vec = next(iter(obj.items()))
+        return EmbeddingFile(name or str(key), {p.name: check_vectors(vec, p)}, hint, str(p), "diffusers")
+    if not keys:
+        raise GeomkitError(f"{path}: the file holds nothing; {EXPECTED}")
+    if all(_is_tensor(v) for v in obj.values()):
+        raise GeomkitError(f"{path}: holds {len(keys)} tensors ({shown}); unknown embedding layout: {EXPECTED}")
+    raise GeomkitError(f"{path}: unknown embedding layout (keys: {shown}); {EXPECTED}")
+
+
+def read_embedding(path, name: Optional[str] = None) -> EmbeddingFile:
+    """Any supported learned-embedding file (see the module docstring), checked. The token is
+    `name` when given, else what the file says (see the layouts)."""
+    p = Path(path).expanduser()
+    obj = read_tensors(p)
+    ef = parse_layout(obj, p, name)
+    ef.container = _container(p)
+    return ef
+
+
+def part_for(ef: EmbeddingFile, d_model: Optional[int] = None, encoder: Optional[int] = None):
+    """The (n, d) part of `ef` for one text encoder: by `encoder` (SDXL: 1 -> clip_l, 2 -> clip_g),
+    else by dimension; checked against `d_model`."""
+    path = ef.path
+    if ef.is_pair:
+        key = None
+        if encoder in (1, 2):
+            key = SDXL_KEYS[encoder - 1]
+        elif d_model is not None:
+            key = next((k for k in SDXL_KEYS if ef.parts[k].shape[-1] == d_model), None)
+        if key is None:
+            dims = ", ".join(f"{k}: {ef.parts[k].shape[-1]}" for k in SDXL_KEYS)
+            raise GeomkitError(f"{path}: SDXL file ({dims}) has no part of dimension {d_model}; pick --encoder 1 or 2")
+        vec = ef.parts[key]
+    else:
+        vec = next(iter(ef.parts.values()))
+    if d_model is not None and vec.shape[-1] != d_model:
+        raise GeomkitError(
+            f"{path}: embedding dimension {vec.shape[-1]} does not match the model's {d_model}; "
+            "the file was trained for another text encoder"
+        )
+    return vec
 
 
 def load_learned(path, d_model: Optional[int] = None, encoder: Optional[int] = None) -> Learned:
@@ -56,48 +252,31 @@ def load_learned(path, d_model: Optional[int] = None, encoder: Optional[int] = N
     For an SDXL `{clip_l, clip_g}` file the part is chosen by `encoder` (1 -> clip_l, 2 -> clip_g)
     or, when not given, by which part matches `d_model`.
     """
-    import torch
-
-    tensors = read_tensors(path)
-    p = Path(path)
-    if set(SDXL_KEYS) <= set(tensors):
-        key = None
-        if encoder in (1, 2):
-            key = SDXL_KEYS[encoder - 1]
-        elif d_model is not None:
-            key = next((k for k in SDXL_KEYS if tensors[k].shape[-1] == d_model), None)
-        if key is None:
-            dims = ", ".join(f"{k}: {tensors[k].shape[-1]}" for k in SDXL_KEYS)
-            raise GeomkitError(f"{path}: SDXL file ({dims}) has no part of dimension {d_model}; pick --encoder 1 or 2")
-        name, vec = p.stem, tensors[key]
-    else:
-        name, vec = single_token(tensors, p)
-    vec = vec.to(torch.float32)
-    if vec.ndim == 1:
-        vec = vec[None]
-    if vec.ndim != 2:
-        raise GeomkitError(f"{path}: tensor of shape {tuple(vec.shape)}; expected (n_vectors, d)")
-    if d_model is not None and vec.shape[-1] != d_model:
-        raise GeomkitError(f"{path}: embedding dimension {vec.shape[-1]} does not match the model's {d_model}")
-    if not torch.isfinite(vec).all():
-        raise GeomkitError(f"{path}: contains NaN or infinite values")
-    return Learned(name=name, vectors=vec, path=str(path))
+    ef = read_embedding(path)
+    return Learned(name=ef.name, vectors=part_for(ef, d_model, encoder), path=str(path))
 
 
 def load_learned_set(paths, d_model: Optional[int] = None, encoder: Optional[int] = None) -> dict:
     """{name: (n_vectors, d) float32} for several files. Files sharing a token name (the TI and DTI
     runs of one placeholder) are told apart by file stem, or by run folder for `learned_embeds`."""
     items = [(Path(p), load_learned(p, d_model=d_model, encoder=encoder)) for p in paths]
-    names = [item.name for _, item in items]
-    out = {}
-    for p, item in items:
-        name = item.name
-        if names.count(name) > 1:
-            name = f"{name} ({p.stem if p.stem != 'learned_embeds' else p.resolve().parent.name})"
-        out[name] = item.vectors
+    labels = distinct_names([p for p, _ in items], [item.name for _, item in items])
+    return {label: item.vectors for label, (_, item) in zip(labels, items)}
+
+
+def distinct_names(paths, names) -> list:
+    """Token names made distinct for display: a name shared by several files gets the file's stem,
+    or its run folder for `learned_embeds*` files (the TI and DTI runs of one placeholder)."""
+    out = []
+    for p, name in zip(paths, names):
+        p = Path(p)
+        if list(names).count(name) > 1:
+            name = f"{name} ({p.stem if not p.stem.startswith('learned_embeds') else p.resolve().parent.name})"
+        out.append(name)
     return out
 
 
+# ---- writing ---------------------------------------------------------------------------------
 def save_learned(path, token: str, vectors) -> Path:
     """diffusers format: `{token: float32 (n_vectors, d)}`."""
     from geomkit.report import save_tensors
@@ -114,3 +293,67 @@ def save_sdxl_pair(path, clip_l, clip_g) -> Path:
     from geomkit.report import save_tensors
 
     return save_tensors(path, {"clip_l": clip_l.detach().to(torch.float32), "clip_g": clip_g.detach().to(torch.float32)})
+
+
+# ---- conversion ------------------------------------------------------------------------------
+def pair_parts(files: Sequence[EmbeddingFile]) -> tuple:
+    """(clip_l, clip_g) from one SDXL file or two one-part files (file hints, else the smaller
+    dimension is CLIP-L's)."""
+    if len(files) == 1 and files[0].is_pair:
+        return files[0].parts["clip_l"], files[0].parts["clip_g"]
+    parts = []
+    for ef in files:
+        if ef.is_pair:
+            raise GeomkitError(f"{ef.path}: already an SDXL pair; give it alone")
+        label, vec = next(iter(ef.parts.items()))
+        parts.append((ef.hints.get(label), vec, ef.path))
+    if len(parts) != 2:
+        raise GeomkitError(
+            f"--to sdxl needs the token for both SDXL text encoders: one clip_l/clip_g file, or two files "
+            f"(CLIP-L 768-d and OpenCLIP bigG 1280-d, e.g. learned_embeds.safetensors and learned_embeds_2.safetensors); got {len(parts)}"
+        )
+    (h1, v1, f1), (h2, v2, f2) = parts
+    if v1.shape[-1] == v2.shape[-1]:
+        raise GeomkitError(f"{f1} and {f2} have the same dimension {v1.shape[-1]}: not the two parts of an SDXL token")
+    if h1 == 2 or h2 == 1 or (h1 is None and h2 is None and v1.shape[-1] > v2.shape[-1]):
+        (v1, f1), (v2, f2) = (v2, f2), (v1, f1)
+    if v1.shape[0] != v2.shape[0]:
+        raise GeomkitError(f"{f1} has {v1.shape[0]} vectors but {f2} has {v2.shape[0]}: the two parts of an SDXL token have the same count")
+    return v1, v2
+
+
+def convert_tensors(files: Sequence[EmbeddingFile], to: str, token: Optional[str] = None, encoder: Optional[int] = None) -> dict:
+    """The tensors of the `to` layout ("diffusers" | "a1111" | "sdxl") for the token in `files`."""
+    if to not in LAYOUTS:
+        raise GeomkitError(f"--to {to!r}: choose diffusers, a1111 or sdxl")
+    if not files:
+        raise GeomkitError("no input file")
+    if to == "sdxl":
+        clip_l, clip_g = pair_parts(files)
+        return {"clip_l": clip_l, "clip_g": clip_g}
+    if len(files) != 1:
+        raise GeomkitError(f"--to {to} writes one token for one text encoder: give one input file (got {len(files)})")
+    ef = files[0]
+    if ef.is_pair and encoder not in (1, 2):
+        raise GeomkitError(f"{ef.path}: an SDXL clip_l/clip_g pair; pick the part with --encoder 1 (clip_l) or 2 (clip_g)")
+    vec = part_for(ef, encoder=encoder)
+    if to == "a1111":
+        return {"emb_params": vec}
+    return {token or ef.name: vec}
+
+
+def write_converted(out, tensors: dict) -> EmbeddingFile:
+    """Write `tensors` as safetensors (atomically) and read the file back through `read_embedding`,
+    checking every tensor came back bit-identical. Returns what was read back."""
+    import torch
+
+    from geomkit.report import save_tensors
+
+    out = Path(out)
+    if out.suffix.lower() != ".safetensors":
+        raise GeomkitError(f"--out {out}: converted files are safetensors; name it *.safetensors")
+    save_tensors(out, {k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()})
+    back = read_tensors(out)
+    if set(back) != set(tensors) or not all(torch.equal(back[k], tensors[k].to(torch.float32)) for k in tensors):
+        raise GeomkitError(f"{out}: the written file does not read back identical; disk full or a failing disk?")
+    return read_embedding(out)

@@ -3,8 +3,9 @@ installation (diffusers files and SDXL clip_l/clip_g files), scheduler choice, s
 generation with resume, and image grids.
 
 Everything here takes explicit arguments; the command modules (`generate`, `evaluate`,
-`interpolate`) do the parsing. Learned files are read as safetensors only (never unpickled) and
-handed to `pipe.load_textual_inversion` as tensors, one call per text encoder.
+`interpolate`) do the parsing. Learned files are read by `geomkit.embeddings_io` (safetensors, or
+.pt/.bin through the restricted unpickler only) and handed to `pipe.load_textual_inversion` as
+tensors, one call per text encoder.
 """
 
 from __future__ import annotations
@@ -47,36 +48,14 @@ class Token:
     paths: list = field(default_factory=list)
 
 
-def _as_matrix(vec, path):
-    import torch
-
-    vec = vec.to(torch.float32)
-    if vec.ndim == 1:
-        vec = vec[None]
-    if vec.ndim != 2:
-        raise GeomkitError(f"{path}: tensor of shape {tuple(vec.shape)}; expected (n_vectors, d)")
-    if not torch.isfinite(vec).all():
-        raise GeomkitError(f"{path}: contains NaN or infinite values")
-    return vec
-
-
 def read_token_file(path, name: Optional[str] = None) -> Token:
-    """A learned-embedding file as a `Token` (diffusers `{token: (n, d)}`, A1111 `emb_params`, or
-    the SDXL `{clip_l, clip_g}` pair). The token string is `name`, else the file's key, else its stem."""
-    from geomkit.embeddings_io import SDXL_KEYS, read_tensors, single_token
+    """A learned-embedding file as a `Token`, read by `geomkit.embeddings_io.read_embedding` (the one
+    reader: safetensors or safely-loaded .pt/.bin; diffusers, A1111 or SDXL clip_l/clip_g layouts;
+    vectors checked). The token string is `name`, else what the file says, else its stem."""
+    from geomkit.embeddings_io import read_embedding
 
-    p = Path(path)
-    tensors = read_tensors(p)
-    if set(SDXL_KEYS) <= set(tensors):
-        return Token(
-            name=name or p.stem,
-            parts={k: _as_matrix(tensors[k], p) for k in SDXL_KEYS},
-            hints={"clip_l": 1, "clip_g": 2},
-            paths=[str(p)],
-        )
-    key, vec = single_token(tensors, p)
-    hint = {p.name: 2} if p.stem.endswith("_2") or "_2-" in p.stem else {}
-    return Token(name=name or key, parts={p.name: _as_matrix(vec, p)}, hints=hint, paths=[str(p)])
+    ef = read_embedding(path, name=name)
+    return Token(name=ef.name, parts=dict(ef.parts), hints=dict(ef.hints), paths=[str(path)])
 
 
 def read_tokens(paths: Sequence, names: Optional[Sequence[str]] = None) -> list[Token]:

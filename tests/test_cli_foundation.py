@@ -62,7 +62,7 @@ def test_bad_inputs_give_one_line(tiny_dir, tmp_path, capsys):
     _assert_one_line_error(*_run(capsys, "neighbors", "apple", "--model", "nonesuch", "--out", out)[::2], "unknown model")
     _assert_one_line_error(*_run(capsys, "neighbors", "apple", "--model", str(tmp_path / "nope"), "--out", out)[::2], "folder not found")
     _assert_one_line_error(*_run(capsys, "neighbors", "photosynthesizingly", "--model", model, "--out", out)[::2], "splits into")
-    save_file({"a": torch.zeros(1, 7)}, str(tmp_path / "wrongdim.safetensors"))
+    save_file({"a": torch.ones(1, 7)}, str(tmp_path / "wrongdim.safetensors"))
     _assert_one_line_error(
         *_run(capsys, "neighbors", "--embedding", str(tmp_path / "wrongdim.safetensors"), "--model", model, "--out", out)[::2],
         "does not match",

@@ -463,7 +463,7 @@ def test_bad_input_is_one_line(tiny64, tmp_path, capsys, argv, needle):
 
     enc = tiny64("clip")
     wrong = tmp_path / "wrong.safetensors"
-    save_learned(wrong, "<w>", torch.zeros(1, enc.d_model + 3))
+    save_learned(wrong, "<w>", torch.ones(1, enc.d_model + 3))
     empty = tmp_path / "empty.txt"
     empty.write_text("# only a comment\n\n   \n")
     plain = tmp_path / "plain.txt"

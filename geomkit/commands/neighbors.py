@@ -16,7 +16,7 @@ DESCRIPTION = (
 
 def add_arguments(p):
     p.add_argument("words", nargs="*", type=nonempty("word"), metavar="WORD", help="query words, each a single token (e.g. apple study writing)")
-    p.add_argument("--embedding", nargs="+", default=[], type=existing_file, metavar="FILE", help="learned embedding file(s) (.safetensors) to query")
+    p.add_argument("--embedding", nargs="+", default=[], type=existing_file, metavar="FILE", help="learned embedding file(s) (.safetensors, .pt, .bin) to query")
     p.add_argument("-k", "--top-k", type=positive_int, default=10, help="neighbours per query (default 10)")
     p.add_argument("--related", nargs="+", default=[], type=nonempty("word"), metavar="WORD", help="also report the cosine of each query to these words (semantic drift, Fig. 1b)")
     add_model_args(p)

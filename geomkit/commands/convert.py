@@ -1,0 +1,64 @@
+"""`geomkit convert`: a learned-embedding file (.pt/.bin/.safetensors, any supported layout) to
+safetensors in the layout another tool wants."""
+
+from __future__ import annotations
+
+NAME = "convert"
+ORDER = 74
+HELP = "convert a learned embedding (.pt/.bin/.safetensors) to diffusers, A1111 or SDXL safetensors"
+DESCRIPTION = (
+    "Read IN (A1111 .pt, diffusers learned_embeds.bin, or any safetensors embedding; pickles only through "
+    "torch.load(weights_only=True), which builds tensors and refuses code) and write --out as safetensors: "
+    "--to diffusers {token: (n, d)} (what pipe.load_textual_inversion and `geomkit generate` read), "
+    "--to a1111 {\"emb_params\": (n, d)} (A1111/ComfyUI; the prompt word is the file's name), or "
+    "--to sdxl {\"clip_l\": (n, 768), \"clip_g\": (n, 1280)} from one SDXL file or from the two per-encoder files. "
+    "The written file is read back and compared before the command succeeds."
+)
+
+
+def add_arguments(p):
+    p.add_argument("inputs", nargs="+", metavar="IN", help="embedding file (two files for --to sdxl: the CLIP-L and the bigG part)")
+    p.add_argument("--to", required=True, choices=("diffusers", "a1111", "sdxl"), help="layout to write")
+    p.add_argument("--out", required=True, metavar="FILE", help="output file (*.safetensors)")
+    p.add_argument("--token", default=None, metavar="TOKEN", help="token name for --to diffusers (default: the name the file carries)")
+    p.add_argument(
+        "--encoder", type=int, default=None, choices=(1, 2),
+        help="from an SDXL pair to diffusers/a1111: which part (1 = clip_l, 2 = clip_g)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from geomkit.embeddings_io import convert_tensors, read_embedding, write_converted
+    from geomkit.errors import GeomkitError
+
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() != ".safetensors":
+        raise GeomkitError(f"--out {args.out}: converted files are safetensors; name it *.safetensors")
+    ins = [Path(p).expanduser() for p in args.inputs]
+    if any(out.resolve() == p.resolve() for p in ins if p.exists()):
+        raise GeomkitError(f"--out {args.out} is also an input; choose another file name")
+    if out.exists() and not args.force:
+        raise GeomkitError(f"--out {args.out} exists; pass --force to overwrite it")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise GeomkitError(f"--out {args.out}: {out.parent} is not a folder")
+    if args.token is not None and not args.token.strip():
+        raise GeomkitError("--token is empty; give the word the prompt will use, e.g. <my-dog>")
+    files = [read_embedding(p) for p in ins]
+    tensors = convert_tensors(files, args.to, token=args.token, encoder=args.encoder)
+    back = write_converted(out, tensors)
+
+    src = ", ".join(f"{Path(f.path).name} ({f.layout}, {f.container})" for f in files)
+    shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in tensors.items())
+    print(f"read {src}")
+    print(f"wrote {out} ({args.to}: {shapes}); read back identical")
+    if args.to == "a1111":
+        print(f"A1111/ComfyUI use the file name as the prompt word: {out.stem}")
+    elif args.to == "diffusers":
+        print(f"token: {back.name}   load with pipe.load_textual_inversion({str(out)!r})")
+    else:
+        print("load with pipe.load_textual_inversion(state['clip_l'], token=..., text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer) "
+              "and state['clip_g'] with text_encoder_2/tokenizer_2")
+    return 0
