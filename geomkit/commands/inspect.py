@@ -318,7 +318,7 @@ def run(args) -> int:
                 save_learned(f, ef.name, next(iter(fixed.values()))[1])
             back = read_embedding(f)
             written.append(f)
-            for label, (i, vec) in fixed.items():
+            for label, (i, _vec) in fixed.items():
                 part = back.parts["clip_l" if label == "clip_l" else "clip_g"] if back.is_pair else next(iter(back.parts.values()))
                 tokens += rows_for(shown[id(ef)], part, f, i, fixed="rescale")
 
