@@ -57,7 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_libraries():
     """Library chatter (weight-loading bars, deprecation notes) buries geomkit's own output."""
-    import logging
     import os
     import warnings
 
@@ -67,7 +66,8 @@ def _quiet_libraries():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
-    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    # diffusers sets its own logger's level when first imported, so a setLevel here would be undone
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 def main(argv=None) -> int:

@@ -178,7 +178,12 @@ def test_compare_labels_text_metric_and_refuses_mixed(tmp_path, capsys):
 
 # ---- one name for the image size ---------------------------------------------------------------
 @pytest.mark.parametrize("flag", ["--resolution", "--size"])
-def test_image_size_flag_and_alias(flag):
+def test_image_size_flag_and_alias(flag, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # paths are checked as the command line is read: make them exist
+    for d in ("m", "r", "ref", "d"):
+        (tmp_path / d).mkdir()
+    for f in ("a", "b"):
+        (tmp_path / f).write_bytes(b"")
     p = build_parser()
     gen = p.parse_args(["generate", "--model", "m", "--prompt", "x", flag, "64"])
     itp = p.parse_args(["interpolate", "a", "b", flag, "64"])

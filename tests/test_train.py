@@ -137,14 +137,20 @@ def test_multi_vector_names_rows_like_diffusers(lm_dir, tmp_path):
 
 
 def test_results_json_has_the_fields_compare_reads(lm_dir, tmp_path):
-    run(lm_dir, tmp_path, method="dti", steps=2, related=["animal", "snow", "notasingletokenxyzzy"])
+    run(lm_dir, tmp_path, method="dti", steps=2, related=["animal", "snow"])
     res = json.loads((tmp_path / "results.json").read_text())
     for key in ("method", "objective", "model", "placeholder", "init_word", "m_star", "kappa", "lr", "steps",
                 "batch_size", "final_loss", "final_norm", "angle_from_init_deg", "cos_to_prior", "seconds", "drift"):
         assert key in res
     assert res["objective"] == "lm"
-    assert set(res["drift"]) == {"fox", "animal", "snow"} and res["drift_skipped"] == ["notasingletokenxyzzy"]
+    assert set(res["drift"]) == {"fox", "animal", "snow"}
     assert isinstance(res["m_star"], list) and isinstance(res["final_norm"], list)
+
+
+def test_related_words_that_are_not_one_token_are_refused_before_training(lm_dir, tmp_path):
+    with pytest.raises(GeomkitError, match=r"--related: 'notasingletokenxyzzy' is not one token"):
+        run(lm_dir, tmp_path / "r", method="dti", steps=2, related=["animal", "notasingletokenxyzzy"])
+    assert not (tmp_path / "r").exists()  # refused before anything was written
 
 
 def test_lm_loss_is_the_models_own_loss_on_the_scored_tokens(lm_dir):

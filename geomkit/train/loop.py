@@ -186,6 +186,24 @@ def _resume_check(cfg: TrainConfig, saved: dict, main: bool) -> None:
              + ", ".join(f"{k} {saved.get(k)} -> {getattr(cfg, k)}" for k in soft), main)
 
 
+def _check_related(cfg: TrainConfig, sess) -> None:
+    """--related words are measured against (semantic drift): each must be one token of the first
+    text encoder, as the analysis commands require; dropping one silently would hide a typo."""
+    enc = sess.slots[0].enc
+    bad = []
+    for w in cfg.related:
+        if not w:
+            continue
+        try:
+            enc.token_id(w)
+        except GeomkitError:
+            bad.append(w)
+    if bad:
+        shown = ", ".join(repr(w) for w in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        raise GeomkitError(f"--related: {shown} {'is' if len(bad) == 1 else 'are'} not one token of {enc.name}; "
+                           "drift is measured against single-token words: drop or replace them")
+
+
 def _check_token_room(cfg: TrainConfig, sess) -> None:
     """Every training text must keep all of the placeholder's tokens within what the encoder reads
     (--max-length for lm; the text encoder's own limit, 77 for CLIP, for diffusion); else some
@@ -554,6 +572,7 @@ def _train(cfg: TrainConfig, sig: _Signals) -> dict:
 
     sess = Session(cfg, inputs, dist)
     _check_token_room(cfg, sess)
+    _check_related(cfg, sess)
     obj, slots, params, opt = sess.obj, sess.slots, sess.params, sess.opt
     autocast = sess.autocast
 
@@ -713,13 +732,9 @@ def _results(cfg, obj, slots, rows, unrescaled, log, seconds, step_times, relate
             per[-1]["norm_before_rescale"] = float(unrescaled[k].double().norm(dim=-1).mean())
     enc = slots[0].enc
     mean_vec = rows[0].double().mean(0)
-    words, vecs, skipped = [], [], []
+    words, vecs = [], []
     for w in [cfg.init_word] + [r for r in related if r != cfg.init_word]:
-        try:
-            tid = enc.token_id(w)
-        except GeomkitError:
-            skipped.append(w)
-            continue
+        tid = enc.token_id(w)  # every word checked before training (_check_related)
         words.append(w)
         vecs.append(enc.embedding_table()[tid].detach().double().cpu())
     drift_map = {}
@@ -753,7 +768,6 @@ def _results(cfg, obj, slots, rows, unrescaled, log, seconds, step_times, relate
         "step_seconds_median": statistics.median(timed) if timed else None,
         "peak_memory_mb": _peak_memory_mb(dist.device),
         "drift": drift_map,
-        "drift_skipped": skipped,
         "per_encoder": per,
         "resumed_from": start or None,
         "files": [str(Path(f).name) for f in files],

@@ -49,8 +49,6 @@ def build(cfg, inputs: dict, device):
     return DiffusionObjective(cfg, inputs, device)
 
 
-
-
 def _frozen(model, device, dtype=None):
     """A frozen, eval-mode copy on `device` (and in `dtype` when given)."""
     if dtype in (None, torch.float32):
