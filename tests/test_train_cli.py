@@ -130,6 +130,7 @@ BAD = [
     (["--num-vectors", "70"], "--texts line 1 needs"),  # 70 vectors > --max-length 64: never all trained
     (["--max-length", "8"], "--texts line 2 needs"),  # the placeholder of line 2 lies beyond token 8
     (["--out", ""], "--out '': give the output folder"),
+    (["--related", "animal,notasingletokenxyzzy"], "--related: 'notasingletokenxyzzy' is not one token"),
 ]
 
 
