@@ -151,8 +151,10 @@ def inject(enc, vectors, *, token_ids: Optional[Sequence[int]] = None, mask=None
 
     def embed_out(mod, args, out):
         hit = state["mask"]
-        if hit is None or not bool(hit.any()):
+        if hit is None:
             return out
+        # no `hit.any()` shortcut: on a GPU it would wait for the device on every forward, and
+        # torch.where gives the same values (the embedding output, detached) where nothing is hit
         if tuple(hit.shape) != tuple(out.shape[:-1]):
             raise ValueError(f"inject: mask of shape {tuple(hit.shape)} does not match this forward's {tuple(out.shape[:-1])}")
         # the scale in the model's own dtype, as the model applies it (bf16 rounds sqrt(d))

@@ -121,6 +121,20 @@ def test_clip_pooling_unaffected_by_new_token_ids(tiny_encoder):
     torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state)
 
 
+@pytest.mark.parametrize("kind,which", [("sd", 1), ("gemma3", 1)])
+def test_inject_on_a_forward_without_the_token_changes_nothing(tiny_encoder, kind, which):
+    """No placeholder in the batch: the output equals a plain forward's (inject no longer checks
+    `hit.any()`, a device sync on GPUs, and relies on torch.where instead)."""
+    enc = tiny_encoder(kind, which)
+    ids = enc.encode(PROMPTS)["input_ids"]
+    vec = torch.randn(1, enc.d_model, requires_grad=True)
+    with inject(enc, vec, token_ids=[enc.embedding_table().shape[0] + 5]):
+        a = enc.forward(ids).last_hidden_state
+    torch.testing.assert_close(a, enc.forward(ids).last_hidden_state, rtol=0, atol=0)
+    a.sum().backward()
+    assert vec.grad is None or not vec.grad.any()
+
+
 def test_inject_by_mask_scales_one_position(tiny_encoder):
     enc = tiny_encoder("clip")
     batch = enc.encode(["a photo of a cat"])
