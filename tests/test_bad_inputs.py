@@ -176,6 +176,15 @@ CASES = [
     (["residual-angles", "--model", "CLIP", "--prompts", "BINARY"], "UTF-8"),
     (["probe-position", "--model", "CLIP", "--load-probe", "DAMAGED_PROBE", "--max-prompts", "6"], "not a readable saved probe"),
     ([*INTERP, "--model", "SD", "--prompt", "a {}", "--dtype", "int8"], "float32"),
+    # ---- inspect and convert (the files users download)
+    (["inspect", "DIR", "--model", "CLIP"], "is a folder"),
+    (["inspect", "EMB", "--model", "CLIP", "--probe-dir", "FILE"], "is a file"),
+    (["inspect", "EMB", "--model", "CLIP", "-k", "0"], "at least 1"),
+    (["inspect", "FILE", "--model", "CLIP"], "not a readable safetensors file"),
+    (["convert", "DIR", "--to", "diffusers"], "is a folder"),
+    (["convert", "EMB", "--to", "diffusers", "--token", ""], "empty"),
+    (["convert", "EMB", "--to", "diffusers", "--out", "OUT"], "name it *.safetensors"),
+    (["convert", "EMB", "--to", "sdxl", "--out", "OUT.safetensors"], "needs the token for both SDXL text encoders"),
 ]
 if not torch.cuda.is_available():
     CASES += [
@@ -196,7 +205,7 @@ def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, monkeypatch, 
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     out = tmp_path / "out"
-    subst = dict(world, OUT=str(out))
+    subst = dict(world, OUT=str(out), **{"OUT.safetensors": str(out) + ".safetensors"})
     argv = [subst.get(a, a) for a in argv]
     if argv[0] not in ("reproduce", "frobnicate") and "--out" not in argv:
         argv += ["--out", str(out)]

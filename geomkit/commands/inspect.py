@@ -17,10 +17,15 @@ DESCRIPTION = (
 
 
 def add_arguments(p):
-    p.add_argument("files", nargs="+", metavar="FILE", help="learned embedding file(s)")
+    from geomkit.commands._common import (
+        add_out_arg, existing_dir, existing_file, int_range, model_spec, nonempty, positive_int, seed_int,
+    )
+
+    p.add_argument("files", nargs="+", type=existing_file, metavar="FILE", help="learned embedding file(s)")
     p.add_argument(
         "--model",
         default="gemma3-270m",
+        type=model_spec,
         metavar="SPEC",
         help="gemma3-270m, minilm-l6, whisper-tiny-en, a local model or a diffusers pipeline folder (default: gemma3-270m)",
     )
@@ -28,17 +33,20 @@ def add_arguments(p):
         "--encoder", type=int, default=None, choices=(1, 2),
         help="pipeline folders: inspect on this text encoder only (default: each part on the encoder it fits)",
     )
-    p.add_argument("--out", default="runs/inspect", metavar="DIR", help="output folder (default: runs/inspect)")
-    p.add_argument("-k", "--top-k", type=int, default=10, help="neighbours listed per vector (default 10)")
+    add_out_arg(p, "runs/inspect")
+    p.add_argument("-k", "--top-k", type=int_range(1, 1000, "the number of neighbours"), default=10, help="neighbours listed per vector (default 10)")
     p.add_argument("--fix", choices=("rescale",), default=None, help="rescale: also write and inspect a copy rescaled to m*")
-    p.add_argument("--probe-dir", default=None, metavar="DIR", help="a saved position probe (from `geomkit probe-position`) instead of a quick one")
-    p.add_argument("--word", default="dog", help="vocabulary word the residual angle is compared with, and whose place the token takes (default dog)")
-    p.add_argument("--prompts", default=None, metavar="FILE", help="prompts for the quick position probe (default: the packaged set)")
-    p.add_argument("--templates", default=None, metavar="FILE", help="templates with one {} for the residual angles (default: the packaged set)")
-    p.add_argument("--max-prompts", type=int, default=300, metavar="N", help="prompts used by the quick position probe (default 300)")
-    p.add_argument("--max-templates", type=int, default=24, metavar="N", help="templates used for the residual angles (default 24)")
+    p.add_argument("--probe-dir", default=None, type=existing_dir, metavar="DIR",
+                   help="a saved position probe (from `geomkit probe-position`) instead of a quick one")
+    p.add_argument("--word", default="dog", type=nonempty("word"),
+                   help="vocabulary word the residual angle is compared with, and whose place the token takes (default dog)")
+    p.add_argument("--prompts", default=None, type=existing_file, metavar="FILE", help="prompts for the quick position probe (default: the packaged set)")
+    p.add_argument("--templates", default=None, type=existing_file, metavar="FILE",
+                   help="templates with one {} for the residual angles (default: the packaged set)")
+    p.add_argument("--max-prompts", type=positive_int, default=300, metavar="N", help="prompts used by the quick position probe (default 300)")
+    p.add_argument("--max-templates", type=positive_int, default=24, metavar="N", help="templates used for the residual angles (default 24)")
     p.add_argument("--no-effects", action="store_true", help="skip the position and residual measurements (norms and neighbours only)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the quick probe's prompts and training (default 0)")
 
 
 # ---- planning ----------------------------------------------------------------------------------
@@ -222,8 +230,6 @@ def run(args) -> int:
         raise GeomkitError(f"--top-k must be at least 1, not {args.top_k}")
     _args.positive_int(args.max_prompts, "--max-prompts")
     _args.positive_int(args.max_templates, "--max-templates")
-    if args.probe_dir is not None and not Path(args.probe_dir).expanduser().is_dir():
-        raise GeomkitError(f"--probe-dir {args.probe_dir}: no such folder")
     files = [read_embedding(f) for f in args.files]  # every file checked before any model loads
     prompts = templates = None
     if not args.no_effects:
