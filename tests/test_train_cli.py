@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, random_images, run_cli
 
 TOKEN = "<glimmerfox>"
 REPO = str(Path(__file__).resolve().parents[1])  # subprocesses import this checkout
@@ -200,12 +200,7 @@ def test_accelerate_launch_without_multi_gpu_says_why_one_process(lm_dir, tmp_pa
 
 @pytest.fixture(scope="module")
 def sd_images(tmp_path_factory):
-    import numpy as np
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("images")
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / "a.png")
-    return folder
+    return random_images(tmp_path_factory.mktemp("images"), [(32, 32)])
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from geomkit.errors import GeomkitError
 from geomkit.train import TrainConfig, train
+
+from helpers import random_images
 
 TOKEN = "<cat-toy>"
 
@@ -22,13 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / "a.png")
-    Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(folder / "b.jpg")
-    Image.fromarray(rng.integers(0, 255, (32, 50, 3), dtype=np.uint8)).save(folder / "c.webp")
+    folder = random_images(tmp_path_factory.mktemp("images"), [(40, 48), (36, 36), (32, 50)],
+                           suffixes=(".png", ".jpg", ".webp"))
     (folder / "notes.txt").write_text("not an image")
     return folder
 

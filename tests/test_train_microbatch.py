@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,19 +17,15 @@ from geomkit.train import TrainConfig, objectives, train
 from geomkit.train.config import check
 from geomkit.train.loop import Session, _Dist
 
+from helpers import random_images
+
 TOKEN = "<cat-toy>"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("mb-images")
-    rng = np.random.default_rng(1)
-    for k in range(3):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{k}.png")
-    return folder
+    return random_images(tmp_path_factory.mktemp("mb-images"), [(32, 32)] * 3, seed=1)
 
 
 @pytest.fixture(scope="module")

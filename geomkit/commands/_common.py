@@ -131,11 +131,10 @@ def _unique(values: list, text: str) -> list:
     return values
 
 
-def number_list(lo=None, hi=None, *, lo_open: bool = False, what: str = "value"):
-    """argparse type: comma-separated finite numbers, each in the range."""
-    one = float_range(lo, hi, lo_open=lo_open, what=f"every {what}")
+def _list_of(one):
+    """argparse type: comma-separated items, each checked by `one`, none given twice."""
 
-    def check(text: str) -> list[float]:
+    def check(text: str) -> list:
         out = []
         for item in _items(text):
             try:
@@ -146,22 +145,16 @@ def number_list(lo=None, hi=None, *, lo_open: bool = False, what: str = "value")
 
     check.__name__ = "list"
     return check
+
+
+def number_list(lo=None, hi=None, *, lo_open: bool = False, what: str = "value"):
+    """argparse type: comma-separated finite numbers, each in the range."""
+    return _list_of(float_range(lo, hi, lo_open=lo_open, what=f"every {what}"))
 
 
 def int_list_range(lo=None, hi=None, what: str = "value"):
-    one = int_range(lo, hi, f"every {what}")
-
-    def check(text: str) -> list[int]:
-        out = []
-        for item in _items(text):
-            try:
-                out.append(one(item))
-            except argparse.ArgumentTypeError as exc:
-                raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-        return _unique(out, text)
-
-    check.__name__ = "list"
-    return check
+    """argparse type: comma-separated whole numbers, each in the range."""
+    return _list_of(int_range(lo, hi, f"every {what}"))
 
 
 def scale_list(text: str) -> list[float]:
