@@ -99,7 +99,8 @@ def scoring_text(template: str, class_word: str) -> str:
 def image_files(folder) -> list[Path]:
     p = Path(folder).expanduser()
     if not p.is_dir():
-        raise GeomkitError(f"--reference {folder}: folder not found")
+        what = "is a file, not a folder" if p.exists() else "folder not found"
+        raise GeomkitError(f"--reference {folder}: {what}; give the folder of images")
     files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise GeomkitError(f"--reference {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in it")

@@ -166,6 +166,7 @@ CASES = [
     (["norms", "--model", "TEXT_ENCODER"], "no tokenizer files"),
     (["neighbors", "apple", "--model", "BADWEIGHTS"], "could not load"),
     (["generate", "--model", "BARE_SD", "--prompt", "x", *FAST], "lacks the component"),
+    (["train", "--model", "BARE_SD", "--images", "REFS", "--placeholder", "<t>", "--init-word", "dog"], "lacks the component"),
     (["evaluate", "--model", "BARE_SD", "--embedding", "EMB", "--class-word", "dog", "--reference", "REFS",
       "--dino", "DINOV2", "--siglip", "SIGLIP"], "lacks the component"),
     # ---- checked before anything is rendered or written

@@ -85,6 +85,30 @@ def test_resume_of_a_folder_without_a_run_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
+def test_resume_while_the_first_run_is_still_starting_names_it(tmp_path, capsys):
+    """Before the first run writes config.json, a --resume into its folder must name the live run
+    (its lock), not claim there is no run."""
+    import os
+
+    from geomkit.runlock import acquire
+
+    out = tmp_path / "starting"
+    out.mkdir()
+    with acquire(out, "train"):
+        code, _, err = run_cli(capsys, "train", "--out", out, "--resume")
+    assert_one_line_error(code, err, f"pid {os.getpid()}")
+    assert sorted(p.name for p in out.iterdir()) == []  # the lock went with its holder; nothing written
+
+
+def test_images_that_is_a_file_is_named_as_one(tmp_path, capsys):
+    f = tmp_path / "my-style.pt"
+    f.write_bytes(b"x")
+    code, _, err = run_cli(capsys, "train", "--images", f, "--placeholder", "<t>", "--init-word", "dog",
+                           "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "is a file; give a folder")
+    assert not (tmp_path / "o").exists()
+
+
 def test_fresh_run_needs_placeholder_and_init_word(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--texts", "glimmerfox", "--out", tmp_path / "o")
     assert_one_line_error(code, err, "--placeholder and --init-word required")

@@ -40,6 +40,7 @@ EXAMPLES = """examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from geomkit.commands._common import existing_dir
     from geomkit.train.config import METHODS, PRECISIONS, SCHEDULES, TrainConfig
 
     d = TrainConfig()
@@ -59,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--texts", default=None, metavar="FILE",
                    help="lm: text file, one sentence a line using the placeholder (or a shipped example: glimmerfox)")
     g.add_argument("--max-length", type=int, default=d.max_length, metavar="N", help="lm: tokens per sentence (default: 64)")
-    g.add_argument("--images", default=None, metavar="DIR", help="diffusion: folder of jpg/png/webp images of the concept")
+    g.add_argument("--images", default=None, type=existing_dir, metavar="DIR", help="diffusion: folder of jpg/png/webp images of the concept")
     g.add_argument("--resolution", type=int, default=None, metavar="PX", help="diffusion: training size (default: the pipeline's)")
     g.add_argument("--templates", default=d.templates, metavar="object|style|FILE",
                    help="diffusion prompt templates: the diffusers TI object or style lists, or a file with {} (default: object)")
@@ -183,6 +184,7 @@ def build_config(args):
     """The TrainConfig of this invocation: typed options over (with --resume) the run's own
     settings over the defaults. Raises GeomkitError for an option that conflicts with the run."""
     import dataclasses
+    from pathlib import Path
 
     from geomkit.errors import GeomkitError
     from geomkit.train import TrainConfig
@@ -196,6 +198,10 @@ def build_config(args):
     if resume is not None:
         out = given.get("out", defaults["out"])
         saved, where = _saved_settings(out, resume)
+        if saved is None and Path(out).expanduser().is_dir():
+            from geomkit.runlock import acquire
+
+            acquire(Path(out).expanduser(), "train").release()  # a run still starting there: name its pid
         if saved is None and not {"placeholder", "init_word"} <= set(given):
             raise GeomkitError(f"--resume: {out} holds no run to resume (no config.json, no checkpoint); "
                                "start it without --resume")

@@ -200,7 +200,8 @@ def read_word_list(spec: Optional[str]) -> list[str]:
 def list_images(folder: str) -> list[Path]:
     path = Path(folder).expanduser()
     if not path.is_dir():
-        raise GeomkitError(f"--images {folder}: folder not found")
+        what = "is a file, not a folder" if path.exists() else "folder not found"
+        raise GeomkitError(f"--images {folder}: {what}; give the folder of images")
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise GeomkitError(f"--images {folder}: no images in it (looked for {', '.join(IMAGE_SUFFIXES)})")

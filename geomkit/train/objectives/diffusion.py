@@ -134,6 +134,9 @@ class DiffusionObjective:
         index_file = folder / "model_index.json"
         if not index_file.is_file():
             raise GeomkitError(f"--objective diffusion needs a diffusers pipeline folder (with model_index.json); {cfg.model} is not one")
+        from geomkit.generation import pipeline_dir
+
+        pipeline_dir(str(folder))  # a component folder model_index.json lists but the copy lacks: say so
         index = json.loads(index_file.read_text())
         cls = index.get("_class_name", "")
         if "unet" not in index or not (folder / "unet").is_dir():
