@@ -56,6 +56,20 @@ def test_resume_takes_the_runs_settings_from_its_config(lm_dir, tmp_path, capsys
     assert cfg["method"] == "ti" and cfg["steps"] == 6 and cfg["seed"] == 7 and cfg["save_every"] == 2
 
 
+def test_resume_may_turn_memory_options_off_and_the_result_holds(lm_dir, tmp_path, capsys):
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert run_cli(capsys, *base(lm_dir, ref, "--steps", "4"))[0] == 0
+    assert run_cli(capsys, *base(lm_dir, out, "--steps", "2", "--save-every", "2", "--gradient-checkpointing",
+                                 "--micro-batch-size", "1"))[0] == 0
+    assert json.loads((out / "config.json").read_text())["gradient_checkpointing"] is True
+    code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--steps", "4", "--no-gradient-checkpointing",
+                           "--micro-batch-size", "2", "--quiet")
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["gradient_checkpointing"] is False and cfg["micro_batch_size"] == 2
+    torch.testing.assert_close(learned(out), learned(ref), rtol=1e-5, atol=1e-7)
+
+
 def test_resume_accepts_the_runs_own_settings_retyped(lm_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(capsys, *base(lm_dir, out, "--steps", "2", "--save-every", "1"))[0] == 0

@@ -25,7 +25,7 @@ Several processes: torchrun --nproc_per_node N -m geomkit train ..., or accelera
 Resume: `geomkit train --out DIR --resume` takes the run's settings from DIR/config.json; on the
 command line only what may change between the pieces of a run: --steps, --save-every,
 --keep-checkpoints, --related, --device, --quiet, the --validation-* settings, --micro-batch-size,
---gradient-checkpointing, --compile (the result does not depend on them), and (with a warning,
+--[no-]gradient-checkpointing, --[no-]compile (the result does not depend on them), and (with a warning,
 as the result then differs from an uninterrupted run) --lr, --lr-schedule, --kappa, --batch-size,
 --seed, --mixed-precision, --crossinit-weight, --weight-decay, --flip-p. Anything else that differs
 from the run's own setting is refused. One live run per --out: a second one is refused, naming the
@@ -88,10 +88,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--micro-batch-size", default=None, metavar="N|auto",
                    help="run each step's batch in micro-batches of N (a divisor of --batch-size), gradients "
                         "accumulated, one update; auto (CUDA): the largest N that fits (default: the batch size)")
-    g.add_argument("--gradient-checkpointing", action="store_true",
-                   help="recompute the frozen UNet/transformer's activations in backward: much less memory, slower")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the frozen UNet/transformer (cache in geomkit's cache folder; first steps compile)")
+    # --no-...: a resumed run takes these from its config.json, and may turn them off again
+    g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                   help="recompute the frozen UNet/transformer's activations in backward: much less memory, slower (default: off)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the frozen UNet/transformer (cache in geomkit's cache folder; first steps compile; default: off)")
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/train", metavar="DIR", help="output folder (default: runs/train)")
     g.add_argument("--save-every", type=int, default=d.save_every, metavar="N", help="checkpoint every N steps (default: only at the end)")
