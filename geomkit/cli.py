@@ -70,6 +70,12 @@ def _quiet_libraries():
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
+def _release_run_locks() -> None:
+    runlock = sys.modules.get("geomkit.runlock")  # imported only by commands that lock a folder
+    if runlock is not None:
+        runlock.release_held()
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -88,11 +94,13 @@ def main(argv=None) -> int:
     try:
         return int(args._run(args) or 0)
     except GeomkitError as exc:
+        _release_run_locks()
         report.remove_created_if_empty(mark)  # a refused command leaves no empty --out folder behind
         text = " ".join(str(exc).split())  # one line, whatever the message held
         print(f"geomkit {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _release_run_locks()
         report.remove_created_if_empty(mark)
         print(f"geomkit {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -297,25 +297,26 @@ def save_sdxl_pair(path, clip_l, clip_g) -> Path:
 
 # ---- conversion ------------------------------------------------------------------------------
 def pair_parts(files: Sequence[EmbeddingFile]) -> tuple:
-    """(clip_l, clip_g) from one SDXL file or two one-part files (file hints, else the smaller
-    dimension is CLIP-L's)."""
+    """(clip_l, clip_g) from one SDXL file or two one-part files (the smaller dimension is CLIP-L's)."""
     if len(files) == 1 and files[0].is_pair:
         return files[0].parts["clip_l"], files[0].parts["clip_g"]
     parts = []
     for ef in files:
         if ef.is_pair:
             raise GeomkitError(f"{ef.path}: already an SDXL pair; give it alone")
-        label, vec = next(iter(ef.parts.items()))
-        parts.append((ef.hints.get(label), vec, ef.path))
+        vec = next(iter(ef.parts.values()))
+        parts.append((vec, ef.path))
     if len(parts) != 2:
         raise GeomkitError(
             f"--to sdxl needs the token for both SDXL text encoders: one clip_l/clip_g file, or two files "
             f"(CLIP-L 768-d and OpenCLIP bigG 1280-d, e.g. learned_embeds.safetensors and learned_embeds_2.safetensors); got {len(parts)}"
         )
-    (h1, v1, f1), (h2, v2, f2) = parts
+    (v1, f1), (v2, f2) = parts
     if v1.shape[-1] == v2.shape[-1]:
         raise GeomkitError(f"{f1} and {f2} have the same dimension {v1.shape[-1]}: not the two parts of an SDXL token")
-    if h1 == 2 or h2 == 1 or (h1 is None and h2 is None and v1.shape[-1] > v2.shape[-1]):
+    # the dimensions decide (CLIP-L's is the smaller); a file name such as *_2 is only a hint and
+    # must not put a part on the wrong encoder
+    if v1.shape[-1] > v2.shape[-1]:
         (v1, f1), (v2, f2) = (v2, f2), (v1, f1)
     if v1.shape[0] != v2.shape[0]:
         raise GeomkitError(f"{f1} has {v1.shape[0]} vectors but {f2} has {v2.shape[0]}: the two parts of an SDXL token have the same count")

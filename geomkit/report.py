@@ -64,6 +64,12 @@ def remove_created_if_empty(mark: int = 0) -> None:
             pass
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path` (same suffix); it replaces `path` only on success."""
@@ -71,6 +77,7 @@ def atomic_path(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a result file gets the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)

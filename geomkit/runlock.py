@@ -15,12 +15,24 @@ lock; the others run under it.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 from typing import Optional
 
 from geomkit.errors import GeomkitError
 
 LOCK_NAME = ".geomkit.lock"
+# this process's live locks (weakly: a lock nobody refers to is still released by garbage collection),
+# so that a refused command can drop them at once
+_HELD: "weakref.WeakSet[RunLock]" = weakref.WeakSet()
+
+
+def release_held() -> None:
+    """Release every lock this process holds. The CLI calls it when a command is refused, before it
+    removes the output folders that command created (a lock kept alive by the error's traceback would
+    otherwise keep its folder non-empty)."""
+    for lock in list(_HELD):
+        lock.release()
 
 
 class RunLock:
@@ -32,6 +44,7 @@ class RunLock:
         return self._fd is not None or self._handle is not None
 
     def release(self) -> None:
+        _HELD.discard(self)
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:
@@ -98,7 +111,9 @@ def acquire(folder, command: str, flag: str = "--out") -> RunLock:
         except Timeout:
             raise GeomkitError(f"{flag} {folder}: another geomkit run is still working in this folder; "
                                "wait for it to finish or stop it, or choose another folder") from None
-        return RunLock(path, None, handle)
+        lock = RunLock(path, None, handle)
+        _HELD.add(lock)
+        return lock
     for _attempt in range(50):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -125,4 +140,6 @@ def acquire(folder, command: str, flag: str = "--out") -> RunLock:
         raise GeomkitError(f"{flag} {folder}: could not take the run lock {path.name}; try again")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
-    return RunLock(path, fd)
+    lock = RunLock(path, fd)
+    _HELD.add(lock)
+    return lock

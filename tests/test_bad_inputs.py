@@ -47,6 +47,11 @@ def world(tiny_dir, tmp_path_factory):
     bare.mkdir()
     shutil.copy(tiny_dir("sd") / "model_index.json", bare)
     w["BARE_SD"] = str(bare)
+    # a pipeline whose UNet weights are damaged: found only when it loads, after the run lock is taken
+    broken = root / "sd-broken-unet"
+    shutil.copytree(w["SD"], broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    w["SD_BROKEN_UNET"] = str(broken)
     # references: one unreadable image
     refs = root / "refs"
     refs.mkdir()
@@ -166,6 +171,7 @@ CASES = [
     (["norms", "--model", "TEXT_ENCODER"], "no tokenizer files"),
     (["neighbors", "apple", "--model", "BADWEIGHTS"], "could not load"),
     (["generate", "--model", "BARE_SD", "--prompt", "x", *FAST], "lacks the component"),
+    (["generate", "--model", "SD_BROKEN_UNET", "--embedding", "EMB", "--prompt", "a photo of {}", *FAST], "cannot load"),
     (["train", "--model", "BARE_SD", "--images", "REFS", "--placeholder", "<t>", "--init-word", "dog"], "lacks the component"),
     (["evaluate", "--model", "BARE_SD", "--embedding", "EMB", "--class-word", "dog", "--reference", "REFS",
       "--dino", "DINOV2", "--siglip", "SIGLIP"], "lacks the component"),

@@ -74,3 +74,17 @@ def test_bad_inputs_give_one_line(tiny_dir, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     _assert_one_line_error(*_run(capsys, "norms", "--model", model, "--out", str(blocker / "sub"))[::2], "not a writable folder")
+
+
+def test_written_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
+    import os
+    import stat
+
+    from geomkit.report import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "results.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "results.json").st_mode) == 0o644

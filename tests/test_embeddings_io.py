@@ -207,8 +207,12 @@ def test_convert_round_trips(tmp_path, capsys):
     save_file({"<t>": l}, str(tmp_path / "learned_embeds.safetensors"))
     save_file({"<t>": g}, str(tmp_path / "learned_embeds_2.safetensors"))
     torch.save({"clip_l": l, "clip_g": g}, tmp_path / "pair.pt")
+    # names that suggest the wrong encoder (the CLIP-L part named *_2): the dimensions decide
+    save_file({"<t>": l}, str(tmp_path / "dog_2.safetensors"))
+    save_file({"<t>": g}, str(tmp_path / "dogxl.safetensors"))
     for i, ins in enumerate(
-        (["learned_embeds_2.safetensors", "learned_embeds.safetensors"], ["learned_embeds.safetensors", "learned_embeds_2.safetensors"], ["pair.pt"])
+        (["learned_embeds_2.safetensors", "learned_embeds.safetensors"], ["learned_embeds.safetensors", "learned_embeds_2.safetensors"], ["pair.pt"],
+         ["dog_2.safetensors", "dogxl.safetensors"])
     ):
         o = tmp_path / f"sdxl{i}.safetensors"
         assert run_cli(capsys, "convert", *[tmp_path / f for f in ins], "--to", "sdxl", "--out", o)[0] == 0

@@ -70,6 +70,35 @@ def test_resume_may_turn_memory_options_off_and_the_result_holds(lm_dir, tmp_pat
     torch.testing.assert_close(learned(out), learned(ref), rtol=1e-5, atol=1e-7)
 
 
+def test_resume_accepts_the_objective_and_another_spelling_of_the_model_path(lm_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.chdir(Path(lm_dir).parent)  # a relative --model, recorded as an absolute path
+    args = base(Path(lm_dir).name, out, "--steps", "2", "--save-every", "1", "--objective", "lm")
+    assert run_cli(capsys, *args)[0] == 0
+    assert json.loads((out / "config.json").read_text())["model"] == str(Path(lm_dir).absolute())
+    monkeypatch.chdir(tmp_path)  # resumed from elsewhere, the run's own objective and model retyped
+    code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--steps", "3", "--objective", "lm",
+                           "--model", str(lm_dir) + "/", "--quiet")
+    assert code == 0, err
+    assert log_steps(out) == [1, 2, 3]
+
+
+def test_resume_with_every_option_where_no_checkpoint_was_written_starts_afresh(lm_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()  # killed while loading: the folder exists, nothing in it
+    code, _, err = run_cli(capsys, *base(lm_dir, out, "--steps", "2", "--resume"))
+    assert code == 0, err
+    assert "starting from step 0" in err and log_steps(out) == [1, 2]
+
+
+def test_resume_with_a_batch_size_the_runs_micro_batch_does_not_divide(lm_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *base(lm_dir, out, "--steps", "2", "--save-every", "1", "--batch-size", "4",
+                                 "--micro-batch-size", "2"))[0] == 0
+    code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--steps", "3", "--batch-size", "3")
+    assert_one_line_error(code, err, "the run's --micro-batch-size 2 (from")
+
+
 def test_resume_accepts_the_runs_own_settings_retyped(lm_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(capsys, *base(lm_dir, out, "--steps", "2", "--save-every", "1"))[0] == 0

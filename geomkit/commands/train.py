@@ -137,19 +137,6 @@ def _value(dest: str, value):
     return value
 
 
-def _same(key: str, a, b) -> bool:
-    if a == b or str(a) == str(b):
-        return True
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return float(a) == float(b)
-    if isinstance(a, str) and isinstance(b, str) and key in ("model", "texts", "images", "templates"):
-        from pathlib import Path
-
-        pa, pb = Path(a).expanduser(), Path(b).expanduser()
-        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
-    return False
-
-
 def _saved_settings(out: str, spec) -> tuple:
     """(settings, where) of the run `--resume` continues: OUT/config.json, else the config recorded
     in its newest readable checkpoint (or in the checkpoint given); (None, None) if there is none."""
@@ -171,7 +158,11 @@ def _saved_settings(out: str, spec) -> tuple:
     cfg_file = Path(out).expanduser() / "config.json"
     saved = read(cfg_file)
     if saved is not None:
-        if not isinstance(saved.get("objective"), str):  # config.json records the objective's description there
+        described = saved.get("objective")
+        if isinstance(described, dict):  # config.json records the objective's description, with its kind
+            kind = described.get("kind") or ("diffusion" if "pipeline" in described else "lm" if "texts" in described else None)
+            saved["objective"] = kind or "auto"
+        elif not isinstance(described, str):
             saved["objective"] = "auto"
         return saved, cfg_file
     for _step, js in reversed(checkpoint.complete(Path(out).expanduser() / "checkpoints")):
@@ -189,6 +180,7 @@ def build_config(args):
 
     from geomkit.errors import GeomkitError
     from geomkit.train import TrainConfig
+    from geomkit.train.config import same_setting
     from geomkit.train.loop import STRICT_RESUME
 
     defaults = args._train_defaults
@@ -210,7 +202,7 @@ def build_config(args):
             for key in fields - set(PER_INVOCATION):
                 if key in saved:
                     values[key] = saved[key]
-            clash = [k for k in STRICT_RESUME if k in given and k in saved and not _same(k, given[k], saved[k])
+            clash = [k for k in STRICT_RESUME if k in given and k in saved and not same_setting(k, given[k], saved[k])
                      and not (k == "objective" and given[k] == "auto")]
             if clash:
                 shown = "; ".join(f"--{k.replace('_', '-')} {given[k]} (the run has {saved[k]!r})" for k in clash)
@@ -222,6 +214,11 @@ def build_config(args):
             raise GeomkitError(f"{' and '.join(missing)} required: the new token (e.g. '<my-dog>') and a one-token word "
                                "it starts from (e.g. dog); or --resume to continue the run in --out")
     values.update({k: v for k, v in given.items() if k in fields})
+    if resume is not None and "batch_size" in given and "micro_batch_size" not in given:
+        mb, bs = values.get("micro_batch_size"), values["batch_size"]
+        if isinstance(mb, int) and isinstance(bs, int) and mb > 0 and bs % mb:
+            raise GeomkitError(f"--batch-size {bs}: the run's --micro-batch-size {mb} (from {where}) does not divide it; "
+                               f"give --micro-batch-size N as well (a divisor of {bs}, or auto)")
     return TrainConfig(**values), set(given)
 
 

@@ -264,3 +264,43 @@ def micro_batch_spec(value, batch_size: int):
         raise GeomkitError(f"--micro-batch-size {n} does not divide --batch-size {batch_size}; "
                            f"use one of {', '.join(map(str, divisors))} (or auto)")
     return n
+
+
+PATH_OPTIONS = ("model", "texts", "images", "templates")
+
+
+def same_setting(key: str, a, b) -> bool:
+    """Whether two values of a setting name the same thing: equal, equal numbers, or for the
+    options that take a path, two spellings of one file or folder (relative, trailing slash, ~)."""
+    if a == b or str(a) == str(b):
+        return True
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    if isinstance(a, str) and isinstance(b, str) and key in PATH_OPTIONS:
+        import os
+
+        pa, pb = os.path.expanduser(a), os.path.expanduser(b)
+        if os.path.abspath(pa) == os.path.abspath(pb):
+            return True
+        return os.path.exists(pa) and os.path.exists(pb) and os.path.samefile(pa, pb)
+    return False
+
+
+def absolute_paths(cfg: "TrainConfig") -> "TrainConfig":
+    """The options that name a file or folder, made absolute (symlinks kept), so that the run's
+    config.json and checkpoints can be resumed from any folder. Names that are not paths stay as
+    given: model aliases and org/name repo ids, shipped concepts (glimmerfox), object/style."""
+    import os
+
+    from geomkit.models import ALIASES
+
+    for key in PATH_OPTIONS:
+        value = getattr(cfg, key)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        if (key == "model" and value in ALIASES) or (key == "templates" and value in ("object", "style")):
+            continue
+        path = os.path.expanduser(value)
+        if (os.path.isfile(path) if key in ("texts", "templates") else os.path.isdir(path)):
+            setattr(cfg, key, os.path.abspath(path))
+    return cfg

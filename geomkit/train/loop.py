@@ -33,7 +33,7 @@ from typing import Optional
 
 from geomkit.errors import GeomkitError
 from geomkit.train import checkpoint, data, objectives
-from geomkit.train.config import TrainConfig, check, check_objective_options
+from geomkit.train.config import TrainConfig, absolute_paths, check, check_objective_options, same_setting
 
 STRICT_RESUME = (
     "method", "objective", "model", "placeholder", "init_word", "prior_word", "magnitude", "num_vectors",
@@ -175,7 +175,7 @@ def _write_log(out: Path, log: list) -> None:
 
 
 def _resume_check(cfg: TrainConfig, saved: dict, main: bool) -> None:
-    diff = [k for k in STRICT_RESUME if str(saved.get(k)) != str(getattr(cfg, k))]
+    diff = [k for k in STRICT_RESUME if not same_setting(k, saved.get(k), getattr(cfg, k))]
     if diff:
         shown = "; ".join(f"--{k.replace('_', '-')} was {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in diff)
         raise GeomkitError(f"--resume: the checkpoint belongs to a different run ({shown})")
@@ -547,13 +547,13 @@ def _train(cfg: TrainConfig, sig: _Signals) -> dict:
     from geomkit.train.exports import export, rescale
     from geomkit.train.optim import load_optimizer_state_tensors, optimizer_state_tensors
 
-    cfg = check(cfg)
+    cfg = absolute_paths(check(cfg))  # recorded so, --resume works from any folder
     cfg.objective = objectives.detect(cfg)
     out = prepare_out(cfg.out)
     ckpt_dir = out / "checkpoints"
     resume_meta = resume_tensors = None
     checkpoint.remove_stale_temporaries(ckpt_dir)  # writes cut short by a kill (we hold the run lock)
-    if cfg.resume == "latest" and not checkpoint.complete(ckpt_dir) and (out / "config.json").is_file():
+    if cfg.resume == "latest" and not checkpoint.complete(ckpt_dir):  # stopped before its first checkpoint
         _say(f"no checkpoint in {ckpt_dir} yet (the run stopped before its first one): starting from step 0")
     elif cfg.resume is not None:
         js = checkpoint.find(out, cfg.resume, warn=_say)
@@ -590,7 +590,7 @@ def _train(cfg: TrainConfig, sig: _Signals) -> dict:
         _say(f"resuming from step {start} ({js})", dist.main)
 
     run_info = {
-        "objective": obj.describe(),
+        "objective": {"kind": obj.kind, **obj.describe()},  # --resume reads the kind back from here
         "m_star": [s.m_star for s in slots],
         "token_ids": [s.token_ids for s in slots],
         "tokens": data.token_strings(cfg.placeholder, cfg.num_vectors),
