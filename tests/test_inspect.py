@@ -185,7 +185,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_dir, tmp_path, capsys):
     save_file({"<z>": torch.zeros(1, 32)}, str(tmp_path / "z.safetensors"))
     save_file({"<t>": torch.randn(1, 32)}, str(tmp_path / "t.safetensors"))
     cases = [
-        (["w.safetensors", "--model", tiny_dir("clip")], "fits any text encoder"),
+        (["w.safetensors", "--model", tiny_dir("clip")], "fits no text encoder"),
         (["w.safetensors", "--model", tiny_dir("sdxl")], "encoder 1: 32, encoder 2: 48"),
         (["z.safetensors", "--model", tiny_dir("clip")], "all zeros"),
         (["t.safetensors", "--model", tiny_dir("clip"), "--encoder", "2"], "needs a diffusers pipeline folder"),
