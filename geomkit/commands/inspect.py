@@ -72,9 +72,9 @@ def plan_parts(files, dims: dict, encoder=None, model: str = "") -> list:
                 chosen.append((ef, label, fits[0]))
         if not chosen:
             dims_f = ", ".join(f"{k}: {v.shape[-1]}" for k, v in ef.parts.items())
-            where = f"encoder {encoder}" if encoder is not None else "any text encoder"
+            where = f"not --encoder {encoder}" if encoder is not None else "no text encoder"
             raise GeomkitError(
-                f"{ef.path}: dimension ({dims_f}) fits no {where} of {model} ({have}); "
+                f"{ef.path}: dimension ({dims_f}) fits {where} of {model} ({have}); "
                 "the file was trained for another model: pass the matching --model (an SDXL pair needs the SDXL pipeline folder)"
             )
         plan += chosen
