@@ -77,9 +77,10 @@ def norm_row(vector: torch.Tensor, vn: VocabNorms) -> dict:
 
 
 def rescale(vectors: torch.Tensor, m_star: float) -> torch.Tensor:
-    """Each row scaled to norm m* (TI-rescaled): the direction kept, DTI's magnitude."""
-    v = vectors.double()
-    return (v * (m_star / v.norm(dim=-1, keepdim=True))).to(torch.float32)
+    """Each row scaled to norm m* (TI-rescaled, as the trainer exports it), computed in float64."""
+    from geomkit.train.exports import rescale as ti_rescale
+
+    return ti_rescale(vectors.double(), m_star).to(torch.float32)
 
 
 # ---- neighbours --------------------------------------------------------------------------------

@@ -18,6 +18,16 @@ from geomkit.errors import GeomkitError
 _CREATED: list = []  # folders prepare_out created, in order (see remove_created_if_empty)
 
 
+def file_in_the_way(folder: Path) -> Optional[str]:
+    """Why `folder` cannot be a folder ("is a file", "lies under X, which is a file"), or None."""
+    for parent in [folder, *folder.parents]:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                return "is a file" if parent == folder else f"lies under {parent}, which is a file"
+            return None
+    return None
+
+
 def prepare_out(path, option: str = "--out") -> Path:
     """Create the output folder (and parents) and check it is writable, or fail in one line.
     The folders it creates are remembered, so that a command refused afterwards removes them
@@ -25,12 +35,9 @@ def prepare_out(path, option: str = "--out") -> Path:
     if path is None or not str(path).strip():
         raise GeomkitError(f"{option} is empty; give a folder (e.g. {option} runs/mine)")
     out = Path(path).expanduser()
-    for parent in [out, *out.parents]:
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                where = "is a file" if parent == out else f"lies under {parent}, which is a file"
-                raise GeomkitError(f"{option} {path}: not a writable folder ({where}); give a folder")
-            break
+    where = file_in_the_way(out)
+    if where:
+        raise GeomkitError(f"{option} {path}: not a writable folder ({where}); give a folder")
     missing = [p for p in [out, *out.parents] if not p.exists()]
     mark = len(_CREATED)
     if missing:

@@ -306,10 +306,10 @@ def test_ctrl_c_checkpoints_the_current_step_and_exits_130(lm_dir, tmp_path, mon
     out = tmp_path / "run"
     real = LMObjective.loss
 
-    def interrupt_in_step_5(self, vectors, slots, step, rank=0, world=1):
+    def interrupt_in_step_5(self, vectors, slots, step, rank=0, world=1, part=None):
         if step == 5:
             os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step: the step completes, then the run stops
-        return real(self, vectors, slots, step, rank, world)
+        return real(self, vectors, slots, step, rank, world, part=part)
 
     monkeypatch.setattr(LMObjective, "loss", interrupt_in_step_5)
     code = main(fresh_args(lm_dir, out))

@@ -194,10 +194,10 @@ def test_crash_then_resume_equals_uninterrupted(lm_dir, tmp_path, monkeypatch):
     run(lm_dir, tmp_path / "a", **kw)
     real = LMObjective.loss
 
-    def crash_at_5(self, vectors, slots, step, rank=0, world=1):
+    def crash_at_5(self, vectors, slots, step, rank=0, world=1, part=None):
         if step == 5:
             raise KeyboardInterrupt
-        return real(self, vectors, slots, step, rank, world)
+        return real(self, vectors, slots, step, rank, world, part=part)
 
     monkeypatch.setattr(LMObjective, "loss", crash_at_5)
     with pytest.raises(KeyboardInterrupt):
@@ -216,8 +216,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(lm_dir, tmp_pa
 
     real = LMObjective.loss
 
-    def nan_at_4(self, vectors, slots, step, rank=0, world=1):
-        loss = real(self, vectors, slots, step, rank, world)
+    def nan_at_4(self, vectors, slots, step, rank=0, world=1, part=None):
+        loss = real(self, vectors, slots, step, rank, world, part=part)
         return loss * float("nan") if step == 4 else loss
 
     monkeypatch.setattr(LMObjective, "loss", nan_at_4)

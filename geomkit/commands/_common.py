@@ -27,18 +27,6 @@ def add_out_arg(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--out", default=default, type=out_dir, metavar="DIR", help=f"output folder (default: {default})")
 
 
-def float_list(text: str) -> list[float]:
-    """argparse type for comma-separated finite numbers (scales, ratios)."""
-    return number_list()(text)
-
-
-def positive_floats(text: str) -> list[float]:
-    values = float_list(text)
-    if any(not (v > 0) or v == float("inf") for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: every value must be a positive finite number")
-    return values
-
-
 def load(args):
     """The Encoder for --model/--encoder, after the output folder is known to be writable."""
     from geomkit.models import load_encoder
@@ -108,7 +96,6 @@ def float_range(lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = Fals
 
 
 positive_int = int_range(1)
-nonnegative_int = int_range(0)
 seed_int = int_range(0, MAX_SEED, "a seed")
 
 
@@ -190,8 +177,12 @@ def nonempty(what: str = "value"):
 
 
 def word_list(text: str) -> list[str]:
-    """Comma-separated words, none empty."""
-    return _items(text)
+    """argparse type: comma-separated words, none empty, none given twice."""
+    words = _items(text)
+    for k, w in enumerate(words):
+        if w in words[:k]:
+            raise argparse.ArgumentTypeError(f"{text!r}: {w} is given twice; give each once")
+    return words
 
 
 def existing_file(text: str) -> str:
@@ -231,13 +222,11 @@ def out_dir(text: str) -> str:
     """argparse type: a folder to write into: not empty, not an existing file, nor under one."""
     if not str(text).strip():
         raise argparse.ArgumentTypeError("empty folder name; give a folder (e.g. runs/mine)")
-    p = Path(text).expanduser()
-    for parent in [p, *p.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                where = "is a file" if parent == p else f"lies under {parent}, which is a file"
-                raise argparse.ArgumentTypeError(f"{text}: not a writable folder ({where}); give a folder")
-            break
+    from geomkit.report import file_in_the_way
+
+    where = file_in_the_way(Path(text).expanduser())
+    if where:
+        raise argparse.ArgumentTypeError(f"{text}: not a writable folder ({where}); give a folder")
     return text
 
 
@@ -267,12 +256,6 @@ def dtype_name(text: str) -> str:
     if str(text).strip() not in DTYPES:
         raise argparse.ArgumentTypeError(f"{text!r}: use auto, float32, float16 or bfloat16")
     return str(text).strip()
-
-
-def word_csv(text: str) -> str:
-    """argparse type: comma-separated words, none empty (kept as the text)."""
-    _items(text)
-    return text
 
 
 def no_duplicates(values, option: str, paths: bool = False) -> None:

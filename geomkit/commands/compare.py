@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from geomkit.commands._common import add_out_arg, existing_dir, nonempty
+from geomkit.commands._common import add_out_arg, existing_dir, no_duplicates, nonempty
 
 NAME = "compare"
 ORDER = 73
@@ -251,14 +251,7 @@ def run(args) -> int:
 
     if args.labels and len(args.labels) != len(args.runs):
         raise GeomkitError(f"--labels gives {len(args.labels)} label(s) for {len(args.runs)} run(s)")
-    from pathlib import Path
-
-    seen = {}
-    for r in args.runs:
-        key = Path(r).expanduser().resolve()
-        if key in seen:
-            raise GeomkitError(f"run {r} is given twice (also as {seen[key]}); give each run once")
-        seen[key] = r
+    no_duplicates(args.runs, "RUN_DIR", paths=True)
     runs = [load_run(r, args.eval_dir) for r in args.runs]
     labels = list(args.labels) if args.labels else [r["dir"].resolve().name for r in runs]
     if len(set(labels)) != len(labels):

@@ -36,9 +36,7 @@ def run(args) -> int:
     from geomkit.embeddings_io import convert_tensors, read_embedding, write_converted
     from geomkit.errors import GeomkitError
 
-    out = Path(args.out).expanduser()
-    if out.suffix.lower() != ".safetensors":
-        raise GeomkitError(f"--out {args.out}: converted files are safetensors; name it *.safetensors")
+    out = Path(args.out).expanduser()  # write_converted refuses a name that is not *.safetensors
     ins = [Path(p).expanduser() for p in args.inputs]
     if any(out.resolve() == p.resolve() for p in ins if p.exists()):
         raise GeomkitError(f"--out {args.out} is also an input; choose another file name")
@@ -46,8 +44,6 @@ def run(args) -> int:
         raise GeomkitError(f"--out {args.out} exists; pass --force to overwrite it")
     if out.parent.exists() and not out.parent.is_dir():
         raise GeomkitError(f"--out {args.out}: {out.parent} is not a folder")
-    if args.token is not None and not args.token.strip():
-        raise GeomkitError("--token is empty; give the word the prompt will use, e.g. <my-dog>")
     files = [read_embedding(p) for p in ins]
     tensors = convert_tensors(files, args.to, token=args.token, encoder=args.encoder)
     back = write_converted(out, tensors)

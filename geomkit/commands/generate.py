@@ -55,14 +55,9 @@ def add_generation_args(p, *, seeds: str = "0,1,2,3") -> None:
 def check_generation_args(args) -> None:
     from geomkit.errors import GeomkitError
 
-    if args.steps < 1:
-        raise GeomkitError("--steps must be at least 1")
-    if args.batch_size < 1:
-        raise GeomkitError("--batch-size must be at least 1")
-    if args.size is not None and (args.size < 8 or args.size % 8):
+    # steps, batch size, guidance and the size's range are checked as the command line is read
+    if args.size is not None and args.size % 8:
         raise GeomkitError(f"--resolution {args.size}: must be a positive multiple of 8")
-    if args.guidance is not None and not (0 <= args.guidance < float("inf")):
-        raise GeomkitError("--guidance must be a finite number >= 0")
     from geomkit.generation import pick_device, pick_dtype
 
     pick_dtype(args.dtype, pick_device(args.device))  # CUDA asked for but absent, or an unknown dtype: before any file

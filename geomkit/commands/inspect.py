@@ -213,7 +213,6 @@ def summary_rows(tokens: list) -> list:
 
 # ---- run ---------------------------------------------------------------------------------------
 def run(args) -> int:
-    import math
     from pathlib import Path
 
     import torch
@@ -226,10 +225,6 @@ def run(args) -> int:
     from geomkit.probes import _args
     from geomkit.probes.prompts import EVAL_PROMPTS, read_prompts
 
-    if args.top_k < 1:
-        raise GeomkitError(f"--top-k must be at least 1, not {args.top_k}")
-    _args.positive_int(args.max_prompts, "--max-prompts")
-    _args.positive_int(args.max_templates, "--max-templates")
     files = [read_embedding(f) for f in args.files]  # every file checked before any model loads
     prompts = templates = None
     if not args.no_effects:
@@ -371,9 +366,6 @@ def run(args) -> int:
     report.write_text(out / "report.md", markdown(results, notes))
     report.write_json(out / "results.json", results)
 
-    def fmt_acc(x):
-        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
-
     for n in notes:
         print(n)
     print()
@@ -392,5 +384,4 @@ def run(args) -> int:
         print(f"\n--fix rescale: {f} is already at m*; no copy written")
     extra = (", " + ", ".join(str(f) for f in written)) if written else ""
     print(f"\nwrote {out / 'results.json'}, {out / 'report.md'}, {out / 'inspect.png'}{extra}")
-    del torch
     return 0

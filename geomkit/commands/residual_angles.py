@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geomkit.commands._common import add_model_args, add_out_arg, existing_file, positive_int, scale_list, seed_int, word_csv
+from geomkit.commands._common import add_model_args, add_out_arg, existing_file, positive_int, scale_list, seed_int, word_list
 
 NAME = "residual-angles"
 ORDER = 41
@@ -21,7 +21,7 @@ DEFAULT_SCALES = "0.5,1,2,4,8,16"
 
 def add_arguments(p):
     p.add_argument("--scales", default=DEFAULT_SCALES, type=scale_list, metavar="M,M,...", help=f"embedding scales m (default {DEFAULT_SCALES})")
-    p.add_argument("--words", default="dog,cat,car,house", type=word_csv, metavar="W,W,...", help="concept words, each one token (default dog,cat,car,house)")
+    p.add_argument("--words", default="dog,cat,car,house", type=word_list, metavar="W,W,...", help="concept words, each one token (default dog,cat,car,house)")
     p.add_argument("--embedding", nargs="+", action="extend", default=[], type=existing_file, metavar="FILE", help="learned embedding file(s), placed where the first word stands")
     p.add_argument("--prompts", default=None, type=existing_file, metavar="FILE", help="template file, one '{}' per line (default: the packaged evaluation prompts)")
     p.add_argument("--max-prompts", type=positive_int, default=None, metavar="N", help="use a seeded subset of N templates (faster)")
@@ -100,19 +100,15 @@ def run(args) -> int:
 
     from geomkit import report
     from geomkit.commands._common import load
-    from geomkit.errors import GeomkitError
     from geomkit.probes import _args
     from geomkit.probes.prompts import EVAL_PROMPTS, read_prompts
     from geomkit.probes.residual import run_residual_angles
 
     scales = _args.parse_scales(args.scales)
-    words = [w.strip() for w in args.words.split(",") if w.strip()]
-    if not words:
-        raise GeomkitError("--words: give at least one word (comma-separated)")
+    words = args.words
     _args.check_files(args.embedding)
     from geomkit.commands._common import no_duplicates
 
-    no_duplicates(words, "--words")
     no_duplicates(args.embedding, "--embedding", paths=True)
     _args.positive_int(args.max_prompts, "--max-prompts")
     templates = _args.subsample(read_prompts(args.prompts, default=EVAL_PROMPTS, placeholder=True), args.max_prompts, args.seed)

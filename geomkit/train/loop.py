@@ -68,25 +68,6 @@ class _Dist:
     def main(self) -> bool:
         return self.rank == 0
 
-    def mean(self, t):
-        if self.world == 1:
-            return t
-        import torch.distributed as dist
-
-        t = t.detach().clone()
-        dist.all_reduce(t)
-        return t / self.world
-
-    def average_grads(self, params) -> None:
-        if self.world == 1:
-            return
-        import torch.distributed as dist
-
-        for p in params:
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
-
     def reduce_step(self, terms: list, params) -> list:
         """Average the step's loss terms (scalars) and the parameters' gradients over processes
         with ONE all-reduce (one flat buffer); returns the averaged terms (the grads in place)."""
@@ -128,13 +109,13 @@ def _say(msg: str, main: bool = True) -> None:
         print(f"geomkit train: {msg}", file=sys.stderr, flush=True)
 
 
-def _metrics(slot, e=None, ref=None) -> dict:
+def _metrics(e, ref) -> dict:
     """A log line's geometry of one slot, in float64 on the CPU. `e`: its rows already copied to
     the CPU; `ref`: (init, mu) in float64 on the CPU, computed once (see `_log_line`)."""
     from geomkit.geometry import angle_deg, cosine
 
-    e = (slot.embedding() if e is None else e).double()
-    init, mu = ref if ref is not None else (slot.init.double(), slot.mu.detach().cpu().double())
+    e = e.double()
+    init, mu = ref
     return {
         "norm": float(e.norm(dim=-1).mean()),
         "angle_from_init_deg": float(angle_deg(e, init).mean()),
@@ -142,7 +123,7 @@ def _metrics(slot, e=None, ref=None) -> dict:
     }
 
 
-def _log_line(step, loss, lr, slots, refs=None) -> dict:
+def _log_line(step, loss, lr, slots, refs) -> dict:
     """The step's log line. Every slot's rows reach the CPU in one copy (one device sync for all
     text encoders), and the reference directions are passed in once per run (`refs`), so the
     line costs a few small float64 operations on the CPU per step."""
@@ -152,11 +133,11 @@ def _log_line(step, loss, lr, slots, refs=None) -> dict:
     flat = torch.cat([r.reshape(-1) for r in rows]).to("cpu", torch.float32)  # one copy, as slot.embedding()
     line = {"step": step, "loss": loss}
     offset = 0
-    for k, (slot, r) in enumerate(zip(slots, rows)):
+    for k, r in enumerate(rows):
         e = flat[offset: offset + r.numel()].view(r.shape)
         offset += r.numel()
         suffix = "" if k == 0 else f"_{k + 1}"
-        for key, value in _metrics(slot, e, refs[k] if refs is not None else None).items():
+        for key, value in _metrics(e, refs[k]).items():
             line[key + suffix] = value
     line["lr"] = lr
     return line
@@ -401,10 +382,7 @@ class Session:
             for k, (part, weight) in enumerate(parts):
                 vectors = [s.vectors() for s in slots]
                 with self.autocast():
-                    if part is None:
-                        data_loss = self.obj.loss(vectors, slots, step, dist.rank, dist.world)
-                    else:
-                        data_loss = self.obj.loss(vectors, slots, step, dist.rank, dist.world, part=part)
+                    data_loss = self.obj.loss(vectors, slots, step, dist.rank, dist.world, part=part)
                 data_loss = data_loss.float()
                 if weight is not None:
                     data_loss = data_loss * weight
