@@ -30,7 +30,6 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from geomkit.errors import GeomkitError
 from geomkit.geometry import nearest, norm_stats, row_norms
 
 INFLATED_RATIO = 2.0
@@ -136,12 +135,7 @@ def position_setup(
     train_p, test_p = split_prompts(prompts, held_out, seed)
     test_t = tokenize(enc, test_p)
     if probe_dir is not None:
-        probe, cfg = pos.load_probe(probe_dir)
-        if cfg.get("site") != site or int(cfg.get("d_model", -1)) != enc.d_model:
-            raise GeomkitError(
-                f"--probe-dir {probe_dir}: probe was trained on {cfg.get('model')} at {cfg.get('site')} (d={cfg.get('d_model')}), "
-                f"not {enc.name} at {site} (d={enc.d_model}); train one with `geomkit probe-position` or leave --probe-dir out"
-            )
+        probe, _ = pos.load_probe(probe_dir, enc, site, flag="--probe-dir")
         source = f"saved: {probe_dir}"
     else:
         probe, _, _, train_acc = pos.fit_position_probe(

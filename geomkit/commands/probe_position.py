@@ -95,14 +95,7 @@ def run(args) -> int:
 
     probe = None
     if args.load_probe:
-        probe, cfg = pos.load_probe(args.load_probe)
-        if cfg.get("site") != site or int(cfg.get("d_model", -1)) != enc.d_model:
-            from geomkit.errors import GeomkitError
-
-            raise GeomkitError(
-                f"--load-probe {args.load_probe}: probe was trained on {cfg.get('model')} at {cfg.get('site')} (d={cfg.get('d_model')}), "
-                f"not {enc.name} at {site} (d={enc.d_model})"
-            )
+        probe, _ = pos.load_probe(args.load_probe, enc, site)
     train_t, test_t = tokenize(enc, train_p), tokenize(enc, test_p)
     res, probe = pos.run_position_probe(
         enc, train_t, test_t, site, scales, learned, probe=probe, min_support=args.min_support,

@@ -204,18 +204,25 @@ def save_probe(folder, probe: PositionProbe, config: dict) -> Path:
     return folder
 
 
-def load_probe(folder) -> tuple[PositionProbe, dict]:
+def load_probe(folder, enc=None, site: Optional[str] = None, flag: str = "--load-probe") -> tuple[PositionProbe, dict]:
+    """A probe saved by `save_probe` and its config. Given `enc` and `site`, it must have been
+    trained on that model's width at that site (else one line naming `flag`)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     if not (folder / PROBE_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
-        raise GeomkitError(f"{folder}: no saved probe ({PROBE_FILE} + {CONFIG_FILE})")
+        raise GeomkitError(f"{flag} {folder}: no saved probe ({PROBE_FILE} + {CONFIG_FILE})")
     try:
         cfg = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
         probe = PositionProbe(int(cfg["d_model"]), int(cfg["n_positions"]), int(cfg["hidden"]))
         probe.load_state_dict(load_file(str(folder / PROBE_FILE)))
     except Exception as exc:  # damaged JSON or weights, missing keys, shapes that do not fit
-        raise GeomkitError(f"--load-probe {folder}: not a readable saved probe ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise GeomkitError(f"{flag} {folder}: not a readable saved probe ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if enc is not None and (cfg.get("site") != site or int(cfg.get("d_model", -1)) != enc.d_model):
+        raise GeomkitError(
+            f"{flag} {folder}: probe was trained on {cfg.get('model')} at {cfg.get('site')} (d={cfg.get('d_model')}), "
+            f"not {enc.name} at {site} (d={enc.d_model}); train one with `geomkit probe-position`"
+        )
     return probe.eval().requires_grad_(False), cfg
 
 
