@@ -146,15 +146,13 @@ def int_list_range(lo=None, hi=None, what: str = "value"):
 
 def scale_list(text: str) -> list[float]:
     """Embedding scales m: positive, finite, and small enough not to overflow inside the model."""
-    values = []
-    for item in _items(text):
-        try:
-            values.append(float(item))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: not a comma-separated list of numbers (e.g. 0.5,1,2,4)") from None
-    bad = [v for v in values if not (v > 0 and math.isfinite(v))]
-    if bad:
-        raise argparse.ArgumentTypeError(f"{text!r}: every scale must be a positive finite number (got {bad[0]:g})")
+    from geomkit.probes._args import parse_scales
+
+    _items(text)  # an empty item gets its own message
+    try:
+        values = parse_scales(text, option="")
+    except GeomkitError as exc:
+        raise argparse.ArgumentTypeError(str(exc).strip()) from None
     bad = [v for v in values if not (MIN_SCALE <= v <= MAX_SCALE)]
     if bad:
         raise argparse.ArgumentTypeError(

@@ -51,7 +51,7 @@ def run(args) -> int:
     from geomkit.probes import _args
     from geomkit.probes.attenuation import run_attenuation
 
-    scales = sorted(set(_args.parse_scales(args.scales)))
+    scales = sorted(args.scales)  # checked (and each given once) as the command line is read
     _args.positive_int(args.tokens, "--tokens")
     _args.positive_int(args.positions, "--positions")
     if len(scales) < 2:

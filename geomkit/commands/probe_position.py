@@ -73,7 +73,7 @@ def run(args) -> int:
     from geomkit.probes import position as pos
     from geomkit.probes.prompts import read_prompts, split_prompts, tokenize
 
-    scales = _args.parse_scales(args.scales)
+    scales = args.scales  # checked as the command line is read (scale_list)
     _args.check_files(args.embedding)
     from geomkit.commands._common import no_duplicates
 

@@ -104,7 +104,7 @@ def run(args) -> int:
     from geomkit.probes.prompts import EVAL_PROMPTS, read_prompts
     from geomkit.probes.residual import run_residual_angles
 
-    scales = _args.parse_scales(args.scales)
+    scales = args.scales  # checked as the command line is read (scale_list)
     words = args.words
     _args.check_files(args.embedding)
     from geomkit.commands._common import no_duplicates
