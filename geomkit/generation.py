@@ -172,16 +172,24 @@ def quiet_loading() -> None:
 
 
 def pick_device(device: str = "auto") -> str:
+    """The device to run on: "auto" picks CUDA when present; a named one must exist on this machine
+    (checked here, so a missing GPU is one line before anything loads). The trainer checks its
+    --device with this too."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise GeomkitError(f"--device {device}: CUDA is not available here")
-    if device.startswith("cuda:") and device[5:].isdigit() and int(device[5:]) >= torch.cuda.device_count():
-        raise GeomkitError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise GeomkitError("--device mps: Apple's MPS is not available here")
+    try:
+        dev = torch.device(str(device))
+    except (RuntimeError, ValueError):
+        raise GeomkitError(f"--device {device}: not a device name; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GeomkitError(f"--device {device}: CUDA is not available on this machine; use --device cpu or leave --device out")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise GeomkitError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise GeomkitError(f"--device {device}: Apple's MPS is not available on this machine; use --device cpu")
     return device
 
 

@@ -291,3 +291,11 @@ def test_resume_from_a_named_checkpoint_takes_its_settings(lm_dir, tmp_path, cap
     assert log_steps(out) == [1, 2, 3, 4]
     code, _, err = run_cli(capsys, "train", "--out", out, "--resume", tmp_path / "nope.json")
     assert_one_line_error(code, err, "not a complete checkpoint")
+
+
+def test_device_auto_is_the_default_device(lm_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "o"
+    code, _, err = run_cli(capsys, *base(lm_dir, out, "--steps", "1", "--device", "auto"))
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["device"] == "cpu"

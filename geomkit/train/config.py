@@ -153,21 +153,10 @@ def _check_numbers(cfg: "TrainConfig") -> None:
 
 def check_device(device: Optional[str]) -> None:
     """--device names a device this machine has (cuda without CUDA is refused here, not mid-run)."""
-    if device is None:
-        return
-    import torch
+    if device is not None:
+        from geomkit.generation import pick_device
 
-    try:
-        dev = torch.device(str(device))
-    except (RuntimeError, ValueError):
-        raise GeomkitError(f"--device {device}: not a device name; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise GeomkitError(f"--device {device}: CUDA is not available on this machine; use --device cpu or leave --device out")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise GeomkitError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise GeomkitError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+        pick_device(str(device))
 
 
 def check_model(spec: str) -> None:
@@ -230,6 +219,8 @@ def check(cfg: TrainConfig) -> TrainConfig:
     if not str(cfg.out).strip():
         raise GeomkitError("--out '': give the output folder (e.g. runs/my-run)")
     cfg.micro_batch_size = micro_batch_spec(cfg.micro_batch_size, cfg.batch_size)
+    if cfg.device == "auto":  # as generate takes it: CUDA when present, the default
+        cfg.device = None
     check_device(cfg.device)
     check_model(cfg.model)
     return cfg
