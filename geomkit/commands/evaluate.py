@@ -41,11 +41,11 @@ def add_arguments(p):
 
 
 def resolve_inputs(args):
-    """Everything checked before any model loads: (token, pipeline folder, class word, refs, prompts)."""
+    """Everything checked before any model loads: (token, pipeline folder, class word, the reference images decoded, prompts)."""
     from pathlib import Path
 
     from geomkit.errors import GeomkitError
-    from geomkit.evaluation import image_files, load_images, read_prompt_sections, scorer_model_type, select_prompts
+    from geomkit.evaluation import image_files, load_images, scorer_model_type, select_prompts
     from geomkit.generation import check_token_names, check_tokens_fit, pipeline_dir, read_run_results, read_tokens, run_token
 
     if bool(args.run) == bool(args.embedding):
@@ -75,12 +75,11 @@ def resolve_inputs(args):
     class_word = args.class_word or results.get("init_word")
     if not class_word:
         raise GeomkitError("--class-word WORD is required (the subject's class, e.g. dog): the scored text uses it")
-    refs = image_files(args.reference)
-    load_images(refs)  # every reference readable before anything is rendered
-    if args.prompt_set and args.prompts and all(s is None for s, _ in read_prompt_sections(args.prompts)):
+    ref_images = load_images(image_files(args.reference))  # every reference readable before anything is rendered
+    prompt_set, prompts = select_prompts(args.prompt_set or "auto", class_word, args.prompts)
+    if args.prompt_set and prompt_set == "file":
         raise GeomkitError(f"--prompt-set {args.prompt_set} with --prompts {args.prompts}: the file has no '#@ SECTION' lines, "
                            "so it is used whole; drop --prompt-set (or add sections to the file)")
-    prompt_set, prompts = select_prompts(args.prompt_set or "auto", class_word, args.prompts)
     scorer_model_type(args.dino, "dinov2", "--dino")
     if args.siglip:
         scorer_model_type(args.siglip, "siglip", "--siglip")
@@ -91,7 +90,7 @@ def resolve_inputs(args):
     if args.eval_batch_size < 1:
         raise GeomkitError("--eval-batch-size must be at least 1")
     out = args.out or (str(Path(args.run) / "eval") if args.run else "runs/evaluate")
-    return token, folder, class_word, refs, prompt_set, prompts, out
+    return token, folder, class_word, ref_images, prompt_set, prompts, out
 
 
 def run(args) -> int:
@@ -109,7 +108,7 @@ def run(args) -> int:
     )
 
     check_generation_args(args)
-    token, folder, class_word, refs, prompt_set, prompts, out_path = resolve_inputs(args)
+    token, folder, class_word, ref_images, prompt_set, prompts, out_path = resolve_inputs(args)
     out = report.prepare_out(out_path)
     from geomkit.runlock import acquire
 
@@ -142,7 +141,6 @@ def run(args) -> int:
 
     device = pick_device(args.device)
     gen_images = load_images([j.path for j in jobs])
-    ref_images = load_images(refs)
     texts = [scoring_text(t, class_word) for t, _, row in by_prompt for _ in row]
 
     dino = load_scorer(args.dino, "dinov2", device, "--dino")
@@ -196,7 +194,7 @@ def run(args) -> int:
         "prompt_file": str(args.prompts) if args.prompts else "geomkit/data/eval_prompts.txt",
         "n_prompts": len(prompts),
         "seeds": args.seeds,
-        "n_reference": len(refs),
+        "n_reference": len(ref_images),
         "reference": str(args.reference),
         "dino_model": str(args.dino),
         "text_model": str(args.siglip or args.clip),
