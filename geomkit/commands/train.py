@@ -253,22 +253,17 @@ def _accelerate_single_process() -> None:
 
 
 def run(args) -> int:
-    import dataclasses
     import os
     import sys
 
     from geomkit.report import table_text
     from geomkit.train import train
-    from geomkit.train.config import check, check_objective_options
     from geomkit.train.loop import Stopped
-    from geomkit.train.objectives import detect
 
     _accelerate_single_process()
     cfg, given = build_config(args)
-    cfg = check(cfg)
-    check_objective_options(dataclasses.replace(cfg, objective=detect(cfg)), given)
     try:
-        res = train(cfg)
+        res = train(cfg, given)
     except Stopped as stop:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"geomkit train: {stop}", file=sys.stderr, flush=True)

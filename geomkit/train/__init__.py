@@ -9,10 +9,11 @@ embedding), `optim` (RSGD of Algorithm 1, the AdamW variants), `objectives` (dif
 from geomkit.train.config import METHODS, TrainConfig
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, given=()) -> dict:
+    """Train (see geomkit.train.loop.train); imports torch only when called."""
     from geomkit.train.loop import train as _train
 
-    return _train(cfg)
+    return _train(cfg, given)
 
 
 __all__ = ["METHODS", "TrainConfig", "train"]

@@ -488,23 +488,25 @@ class _Signals:
         raise Stopped(signum, step, path)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Check the settings, lock --out for this run, train (see the module docstring).
+def train(cfg: TrainConfig, given=()) -> dict:
+    """Check the settings, lock --out for this run, train (see the module docstring). `given`:
+    the options typed on the command line (an option of the other objective is refused even at
+    its default value).
 
     Raises GeomkitError for bad input (nothing written: a folder this call created is removed
     again) and Stopped on SIGTERM / Ctrl-C (after a checkpoint at the last completed step)."""
     from geomkit import runlock
     from geomkit.report import prepare_out
 
-    cfg = check(cfg)
+    cfg = absolute_paths(check(cfg))  # recorded so, --resume works from any folder
     cfg.objective = objectives.detect(cfg)
-    check_objective_options(cfg)
+    check_objective_options(cfg, given)
     created = not Path(cfg.out).expanduser().exists()
     out = prepare_out(cfg.out)
     lock = runlock.acquire(out, "train")
     try:
         with _Signals() as sig:
-            return _train(cfg, sig)
+            return _train(cfg, out, sig)
     except GeomkitError:
         lock.release()
         if created:  # refused before anything was written: leave no empty folder behind
@@ -517,17 +519,15 @@ def train(cfg: TrainConfig) -> dict:
         lock.release()
 
 
-def _train(cfg: TrainConfig, sig: _Signals) -> dict:
+def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
+    """The run itself, on settings `train` checked, in the folder it locked."""
     import numpy as np
     import torch
 
-    from geomkit.report import prepare_out, write_json
+    from geomkit.report import write_json
     from geomkit.train.exports import export, rescale
     from geomkit.train.optim import load_optimizer_state_tensors, optimizer_state_tensors
 
-    cfg = absolute_paths(check(cfg))  # recorded so, --resume works from any folder
-    cfg.objective = objectives.detect(cfg)
-    out = prepare_out(cfg.out)
     ckpt_dir = out / "checkpoints"
     resume_meta = resume_tensors = None
     checkpoint.remove_stale_temporaries(ckpt_dir)  # writes cut short by a kill (we hold the run lock)
