@@ -495,25 +495,20 @@ def train(cfg: TrainConfig, given=()) -> dict:
 
     Raises GeomkitError for bad input (nothing written: a folder this call created is removed
     again) and Stopped on SIGTERM / Ctrl-C (after a checkpoint at the last completed step)."""
-    from geomkit import runlock
-    from geomkit.report import prepare_out
+    from geomkit import report, runlock
 
     cfg = absolute_paths(check(cfg))  # recorded so, --resume works from any folder
     cfg.objective = objectives.detect(cfg)
     check_objective_options(cfg, given)
-    created = not Path(cfg.out).expanduser().exists()
-    out = prepare_out(cfg.out)
+    mark = report.created_mark()
+    out = report.prepare_out(cfg.out)
     lock = runlock.acquire(out, "train")
     try:
         with _Signals() as sig:
             return _train(cfg, out, sig)
     except GeomkitError:
-        lock.release()
-        if created:  # refused before anything was written: leave no empty folder behind
-            try:
-                out.rmdir()
-            except OSError:
-                pass
+        lock.release()  # its file first: then a folder this call created is empty and goes too
+        report.remove_created_if_empty(mark)
         raise
     finally:
         lock.release()
