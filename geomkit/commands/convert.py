@@ -36,7 +36,9 @@ def run(args) -> int:
     from geomkit.embeddings_io import convert_tensors, read_embedding, write_converted
     from geomkit.errors import GeomkitError
 
-    out = Path(args.out).expanduser()  # write_converted refuses a name that is not *.safetensors
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() != ".safetensors":  # first: a .pt --out is most likely a swapped argument
+        raise GeomkitError(f"--out {args.out}: converted files are safetensors; name it *.safetensors")
     ins = [Path(p).expanduser() for p in args.inputs]
     if any(out.resolve() == p.resolve() for p in ins if p.exists()):
         raise GeomkitError(f"--out {args.out} is also an input; choose another file name")
