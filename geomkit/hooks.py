@@ -115,8 +115,10 @@ def inject(enc, vectors, *, token_ids: Optional[Sequence[int]] = None, mask=None
     `vectors` live in the raw embedding-table space (before Gemma's sqrt(d) factor, which is
     applied here as the model would). Either
     - `token_ids` (n ids) with `vectors` (n, d): every occurrence of id k takes `vectors[k]`. Ids
-      may lie beyond the table (new placeholder tokens): the model then sees a stand-in id, so
-      the lookup is valid and CLIP's pooling by argmax / EOS position is unaffected; or
+      may lie beyond the table (new placeholder tokens): only the embedding lookup sees a
+      stand-in id; the rest of the model sees the real ids, so CLIP pools where it pools at
+      inference once the token is added (argmax of the ids under `eos_token_id: 2`, which is the
+      new token; the first EOS otherwise); or
     - `mask` (batch, seq) bool with `vectors` (n_true, d) in row-major order, or (d,) for all.
     The original embedding output is detached, so gradients reach `vectors` only.
     """
@@ -134,11 +136,10 @@ def inject(enc, vectors, *, token_ids: Optional[Sequence[int]] = None, mask=None
     if vectors.shape[-1] != enc.d_model:
         raise GeomkitError(f"embedding has dimension {vectors.shape[-1]}, but this model's embeddings have {enc.d_model}")
 
-    def root_pre(mod, args, kwargs):
-        input_ids = args[0] if args else kwargs.get("input_ids")
-        if input_ids is None:  # an inputs_embeds forward: nothing to substitute, forget the last mask
-            state["mask"] = state["index"] = None
-            return None
+    def embed_pre(mod, args, kwargs):
+        # At the lookup itself, not at the model's entry: everything else in the forward (CLIP's
+        # pooling above all) must see the ids inference will see.
+        input_ids = args[0] if args else kwargs.get("input", kwargs.get("input_ids"))
         match = input_ids[..., None] == ids_t.to(input_ids.device)
         hit, which = match.any(-1), match.long().argmax(-1)
         state["mask"], state["index"] = hit, which
@@ -146,7 +147,7 @@ def inject(enc, vectors, *, token_ids: Optional[Sequence[int]] = None, mask=None
         if args:
             return (clean, *args[1:]), kwargs
         kwargs = dict(kwargs)
-        kwargs["input_ids"] = clean
+        kwargs["input" if "input" in kwargs else "input_ids"] = clean
         return args, kwargs
 
     def embed_out(mod, args, out):
@@ -171,7 +172,7 @@ def inject(enc, vectors, *, token_ids: Optional[Sequence[int]] = None, mask=None
 
     try:
         if ids_t is not None:
-            handles.append(enc.root.register_forward_pre_hook(root_pre, with_kwargs=True))
+            handles.append(enc.embedding_module().register_forward_pre_hook(embed_pre, with_kwargs=True))
         handles.append(enc.embedding_module().register_forward_hook(embed_out))
         yield
     finally:

@@ -104,8 +104,8 @@ class Encoder:
 
     @property
     def stand_in_id(self) -> int:
-        """A valid, ordinary id shown to the model where a new (out-of-table) token stands.
-        0 is never CLIP's EOS (49407, the largest id), so EOS pooling still finds the right place."""
+        """A valid, ordinary id shown to the embedding lookup (only) where a new, out-of-table
+        token stands; the rest of the forward sees the real id (see `hooks.inject`)."""
         return 0
 
     @property

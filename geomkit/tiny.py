@@ -66,9 +66,19 @@ def minilm_tokenizer():
     return AutoTokenizer.from_pretrained(minilm_l6_dir())
 
 
-def clip_text_config(hidden=32, layers=2, heads=4, projection_dim=32, **kw):
+# The special-token ids the released SD 1.x/2.x and SDXL text-encoder configs carry (0, 1, 2, not the
+# tokenizer's 49406/49407). With `eos_token_id: 2` transformers' CLIP pools at the argmax of the
+# ids, which is an added token's id once one is added: tiny models must carry the same values, or
+# they hide where the pooled embedding is taken. `eos_token_id=49407` builds the newer style
+# (pooling at the first EOS) for tests that cover both.
+RELEASED_CLIP_IDS = dict(bos_token_id=0, eos_token_id=2, pad_token_id=1)
+EOS_STYLE_IDS = dict(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+
+
+def clip_text_config(hidden=32, layers=2, heads=4, projection_dim=32, eos_token_id=2, **kw):
     from transformers import CLIPTextConfig
 
+    ids = RELEASED_CLIP_IDS if eos_token_id == 2 else EOS_STYLE_IDS
     return CLIPTextConfig(
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -77,10 +87,8 @@ def clip_text_config(hidden=32, layers=2, heads=4, projection_dim=32, **kw):
         vocab_size=CLIP_VOCAB_SIZE,
         max_position_embeddings=77,
         projection_dim=projection_dim,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
         hidden_act="gelu",
+        **ids,
         **kw,
     )
 
@@ -139,8 +147,10 @@ def save_bert_model(dest: Path, seed: int = 0, hidden=32, layers=2) -> Path:
     return Path(dest)
 
 
-def save_sd_pipeline(dest: Path, sdxl: bool = False, seed: int = 0) -> Path:
-    """A tiny Stable Diffusion (1.x/2.x layout) or SDXL pipeline folder, as diffusers saves it."""
+def save_sd_pipeline(dest: Path, sdxl: bool = False, seed: int = 0, eos_token_id: int = 2) -> Path:
+    """A tiny Stable Diffusion (1.x/2.x layout) or SDXL pipeline folder, as diffusers saves it,
+    with the released configs' special ids (`eos_token_id` 2; 49407 for the newer style) and, for
+    SDXL, the released second tokenizer's padding with "!" (id 0)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -162,7 +172,7 @@ def save_sd_pipeline(dest: Path, sdxl: bool = False, seed: int = 0) -> Path:
         norm_num_groups=2,
         sample_size=32,
     )
-    text_encoder = CLIPTextModel(clip_text_config(hidden=32))
+    text_encoder = CLIPTextModel(clip_text_config(hidden=32, eos_token_id=eos_token_id))
     if not sdxl:
         from diffusers import StableDiffusionPipeline
 
@@ -185,7 +195,8 @@ def save_sd_pipeline(dest: Path, sdxl: bool = False, seed: int = 0) -> Path:
     else:
         from diffusers import StableDiffusionXLPipeline
 
-        text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(hidden=48, projection_dim=32))
+        text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(hidden=48, projection_dim=32, eos_token_id=eos_token_id))
+        tokenizer_2 = CLIPTokenizer.from_pretrained(tok_dir, pad_token="!")
         unet = UNet2DConditionModel(
             block_out_channels=(8, 16),
             layers_per_block=1,
@@ -205,7 +216,7 @@ def save_sd_pipeline(dest: Path, sdxl: bool = False, seed: int = 0) -> Path:
         )
         pipe = StableDiffusionXLPipeline(
             unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-            tokenizer_2=tokenizer, scheduler=scheduler,
+            tokenizer_2=tokenizer_2, scheduler=scheduler,
         )
     pipe.save_pretrained(dest)
     import shutil
@@ -227,6 +238,9 @@ def cached_dir(kind: str, root: str) -> Path:
         "bert": save_bert_model,
         "sd": lambda d: save_sd_pipeline(d, sdxl=False),
         "sdxl": lambda d: save_sd_pipeline(d, sdxl=True),
+        "sd-eos49407": lambda d: save_sd_pipeline(d, sdxl=False, eos_token_id=49407),
+        "sdxl-eos49407": lambda d: save_sd_pipeline(d, sdxl=True, eos_token_id=49407),
+        "sana": save_sana_pipeline,
     }
     return builders[kind](dest)
 

@@ -105,20 +105,33 @@ def test_inject_with_frozen_model_only_vector_has_grad(tiny_encoder):
     assert all(p.grad is None for p in enc.model.parameters())
 
 
-def test_clip_pooling_unaffected_by_new_token_ids(tiny_encoder):
-    """CLIP pools at the EOS position; an added id larger than EOS must not move it."""
-    enc = tiny_encoder("sdxl", 2)
+@pytest.mark.parametrize("kind", ["sdxl", "sdxl-eos49407"])
+def test_clip_pools_where_the_model_with_the_token_added_pools(tiny_encoder, kind):
+    """An injected new id (beyond the table) gives exactly the outputs, pooled one included, of the
+    same model with that row really added to its table, as `load_textual_inversion` does at
+    inference. Under `eos_token_id: 2` (the released configs) CLIP pools at the argmax of the
+    ids, i.e. at the new token; under 49407 at the first EOS: both must agree."""
+    import copy
+
+    enc = tiny_encoder(kind, 2)
     ids = enc.encode(["a photo of a dog"])["input_ids"]
-    dog = ids[0, 4].item()
-    new_id = 49500
+    new_id = enc.vocab_size  # the id the tokenizer gives the first added token
     placeholder_ids = ids.clone()
     placeholder_ids[0, 4] = new_id
-    row = enc.embedding_table()[dog][None]
+    row = torch.randn(1, enc.d_model, generator=torch.Generator().manual_seed(3)) * 0.4
     with inject(enc, row, token_ids=[new_id]):
         a = enc.forward(placeholder_ids)
-    b = enc.forward(ids)
+    grown = copy.deepcopy(enc.model)
+    grown.resize_token_embeddings(new_id + 1)
+    with torch.no_grad():
+        grown.get_input_embeddings().weight[new_id] = row[0]
+    b = grown(input_ids=placeholder_ids)
     torch.testing.assert_close(a.text_embeds, b.text_embeds)
     torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state)
+    # and where it pools differs between the two config styles
+    h = a.last_hidden_state[0]
+    pooled_at = 4 if kind == "sdxl" else int((ids[0] == 49407).nonzero()[0])
+    torch.testing.assert_close(grown.text_projection(h[pooled_at]), a.text_embeds[0])  # last_hidden_state is after the final LN
 
 
 @pytest.mark.parametrize("kind,which", [("sd", 1), ("gemma3", 1)])

@@ -26,8 +26,8 @@ Resume: `geomkit train --out DIR --resume` takes the run's settings from DIR/con
 command line only what may change between the pieces of a run: --steps, --save-every,
 --keep-checkpoints, --related, --device, --quiet, the --validation-* settings, --micro-batch-size,
 --[no-]gradient-checkpointing, --[no-]compile (the result does not depend on them), and (with a warning,
-as the result then differs from an uninterrupted run) --lr, --lr-schedule, --kappa, --batch-size,
---seed, --mixed-precision, --crossinit-weight, --weight-decay, --flip-p. Anything else that differs
+as the result then differs from an uninterrupted run) --lr, --scale-lr, --lr-schedule, --kappa, --batch-size,
+--seed, --mixed-precision, --crossinit-weight, --crossinit-reduction, --weight-decay, --flip-p, --crop. Anything else that differs
 from the run's own setting is refused. One live run per --out: a second one is refused, naming the
 first one's pid. SIGTERM or Ctrl-C writes a checkpoint at the last completed step and exits 143 / 130."""
 
@@ -41,7 +41,8 @@ EXAMPLES = """examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from geomkit.commands._common import existing_dir
-    from geomkit.train.config import METHODS, PRECISIONS, SCHEDULES, TrainConfig
+    from geomkit.train.config import CROPS, METHODS, PRECISIONS, REDUCTIONS, SCHEDULES, TrainConfig
+    from geomkit.train.presets import PRESETS
 
     d = TrainConfig()
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -65,6 +66,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--templates", default=d.templates, metavar="object|style|FILE",
                    help="diffusion prompt templates: the diffusers TI object or style lists, or a file with {} (default: object)")
     g.add_argument("--flip-p", type=float, default=d.flip_p, metavar="P", help="diffusion: horizontal flip probability (default: 0.5)")
+    g.add_argument("--crop", choices=CROPS, default=d.crop,
+                   help="diffusion: square crop of each image after its shorter side is resized: center (encoded once) or "
+                        "random (a new crop every step, VAE encoder every step; the DTI authors' setting). SDXL's time ids "
+                        "carry each image's original size and crop (default: center)")
     g.add_argument("--validation-prompt", action="append", default=[], metavar="TEXT", dest="validation_prompts",
                    help="diffusion: prompt to render during training (repeatable)")
     g.add_argument("--validation-steps", type=int, default=d.validation_steps, metavar="N", help="render every N steps (default: 100)")
@@ -76,13 +81,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="m*, per text encoder from its own vocabulary norms, zero rows excluded (default: mean)")
     g.add_argument("--kappa", type=float, default=d.kappa, help="vMF prior concentration (default: 1e-4; paper range 5e-5..2e-4)")
     g.add_argument("--lr", type=float, default=d.lr, help="learning rate; DTI turns each vector by atan(lr) per step (default: 5e-3)")
+    g.add_argument("--scale-lr", action=argparse.BooleanOptionalAction, default=False,
+                   help="use lr x batch size x processes, as diffusers' textual-inversion scripts (default: off)")
     g.add_argument("--lr-schedule", choices=SCHEDULES, default=d.lr_schedule, help="(default: constant)")
+    g.add_argument("--preset", choices=PRESETS, default=None,
+                   help="paper: the paper's stated settings; authors: the DTI authors' released scripts (lr 0.01 or 5e-3 "
+                        "with --scale-lr, SDXL 400 steps at 768 px, SANA kappa 5e-5, no flips, random crops); typed options "
+                        "win (README: settings table)")
     g.add_argument("--steps", type=int, default=d.steps, help="(default: 500)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process (default: 4)")
     g.add_argument("--seed", type=int, default=d.seed, help="(default: 42)")
     g.add_argument("--mixed-precision", choices=PRECISIONS, default=d.mixed_precision,
                    help="autocast for the frozen models; learned rows stay float32 (default: no)")
     g.add_argument("--crossinit-weight", type=float, default=d.crossinit_weight, help="crossinit: weight of ||e - init||^2 (default: 1e-5)")
+    g.add_argument("--crossinit-reduction", choices=REDUCTIONS, default=d.crossinit_reduction,
+                   help="crossinit: sum of squares (CrossInit's text) or their mean (the DTI authors' MSE) (default: sum)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW methods (default: 1e-2, as the diffusers scripts)")
     g = p.add_argument_group("memory and speed (the result does not depend on these)")
     g.add_argument("--micro-batch-size", default=None, metavar="N|auto",

@@ -16,4 +16,12 @@ def train(cfg: TrainConfig, given=()) -> dict:
     return _train(cfg, given)
 
 
-__all__ = ["METHODS", "TrainConfig", "train"]
+def conditioning(model, prompts, embedding, device: str = "cpu") -> dict:
+    """What the trainer feeds the denoiser for `prompts` with the token of `embedding` in place
+    (see geomkit.train.text_conditioning.conditioning); imports torch only when called."""
+    from geomkit.train.text_conditioning import conditioning as _conditioning
+
+    return _conditioning(model, prompts, embedding, device)
+
+
+__all__ = ["METHODS", "TrainConfig", "conditioning", "train"]

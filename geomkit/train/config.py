@@ -13,6 +13,8 @@ METHODS = ("dti", "ti", "ti-rescaled", "crossinit", "dti-adamw")
 DIRECTIONAL = ("dti", "dti-adamw")
 OBJECTIVES = ("auto", "lm", "diffusion")
 PRECISIONS = ("no", "bf16", "fp16")
+CROPS = ("center", "random")
+REDUCTIONS = ("sum", "mean")
 SCHEDULES = ("constant", "cosine")
 
 # Settings that must not change between a run and its --resume (anything else may: --steps
@@ -36,6 +38,7 @@ class TrainConfig:
     kappa: float = 1e-4
     num_vectors: int = 1
     lr: float = 5e-3
+    scale_lr: bool = False  # lr x batch size x processes, as diffusers' textual-inversion scripts
     lr_schedule: str = "constant"
     steps: int = 500
     batch_size: int = 4
@@ -53,12 +56,15 @@ class TrainConfig:
     resolution: Optional[int] = None  # default: the pipeline's own default size
     templates: str = "object"  # object | style | a text file with one template per line ("{}" = the token)
     flip_p: float = 0.5
+    crop: str = "center"  # center | random (SDXL: the crop's offsets are the time ids' crops_coords_top_left)
     validation_prompts: list = field(default_factory=list)
     validation_steps: int = 100
     validation_images: int = 1
     validation_inference_steps: int = 25
     # baselines / optimiser
     crossinit_weight: float = 1e-5
+    crossinit_reduction: str = "sum"  # sum: lambda ||e - e0||^2 (CrossInit's text); mean: the DTI authors' MSE
+    preset: Optional[str] = None  # paper | authors: their settings for every field still at its default
     weight_decay: float = 1e-2  # AdamW methods, as the public TI example scripts
     # reporting
     related: list = field(default_factory=list)
@@ -117,7 +123,7 @@ INT_RANGES = {  # name: (low, high)
 }
 # Options that only the diffusion objective reads, with their defaults.
 DIFFUSION_ONLY = {
-    "images": None, "resolution": None, "templates": "object", "flip_p": 0.5, "validation_prompts": [],
+    "images": None, "resolution": None, "templates": "object", "flip_p": 0.5, "crop": "center", "validation_prompts": [],
     "validation_steps": 100, "validation_images": 1, "validation_inference_steps": 25,
 }
 LM_ONLY = {"texts": None, "max_length": 64}
@@ -196,6 +202,14 @@ def check(cfg: TrainConfig) -> TrainConfig:
         raise GeomkitError(f"--mixed-precision {cfg.mixed_precision}: choose one of {', '.join(PRECISIONS)}")
     if cfg.lr_schedule not in SCHEDULES:
         raise GeomkitError(f"--lr-schedule {cfg.lr_schedule}: choose one of {', '.join(SCHEDULES)}")
+    if cfg.crop not in CROPS:
+        raise GeomkitError(f"--crop {cfg.crop}: choose one of {', '.join(CROPS)}")
+    if cfg.crossinit_reduction not in REDUCTIONS:
+        raise GeomkitError(f"--crossinit-reduction {cfg.crossinit_reduction}: choose one of {', '.join(REDUCTIONS)}")
+    from geomkit.train.presets import PRESETS
+
+    if cfg.preset is not None and cfg.preset not in PRESETS:
+        raise GeomkitError(f"--preset {cfg.preset}: choose one of {', '.join(PRESETS)}")
     cfg.magnitude = magnitude_spec(cfg.magnitude)
     if isinstance(cfg.kappa, (int, float)) and cfg.kappa < 0:  # the table below says the same, without the hint
         raise GeomkitError(f"--kappa {cfg.kappa}: the vMF concentration must be >= 0 (the paper uses 1e-4)")
@@ -218,12 +232,29 @@ def check(cfg: TrainConfig) -> TrainConfig:
         raise GeomkitError("--prior-word '': give a word, or leave it out to use --init-word")
     if not str(cfg.out).strip():
         raise GeomkitError("--out '': give the output folder (e.g. runs/my-run)")
+    effective_lr(cfg)  # --scale-lr's rate is checked like --lr itself
     cfg.micro_batch_size = micro_batch_spec(cfg.micro_batch_size, cfg.batch_size)
     if cfg.device == "auto":  # as generate takes it: CUDA when present, the default
         cfg.device = None
     check_device(cfg.device)
     check_model(cfg.model)
     return cfg
+
+
+def effective_lr(cfg: "TrainConfig", world: Optional[int] = None) -> float:
+    """The learning rate a step uses: --lr, times the batch size and the number of processes under
+    --scale-lr (as diffusers' textual-inversion scripts scale it). Refused when not finite or
+    above 10, as --lr itself."""
+    import os
+
+    if not cfg.scale_lr:
+        return float(cfg.lr)
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else int(world)
+    rate = float(cfg.lr) * int(cfg.batch_size) * world
+    if not math.isfinite(rate) or rate > FLOAT_RANGES["lr"][1]:
+        raise GeomkitError(f"--scale-lr: --lr {cfg.lr} x batch {cfg.batch_size} x {world} process(es) = {rate:g}, "
+                           f"above {FLOAT_RANGES['lr'][1]:g}; lower --lr or drop --scale-lr")
+    return rate
 
 
 def micro_batch_spec(value, batch_size: int):

@@ -220,9 +220,9 @@ def check_images(files: list[Path]) -> None:
             raise GeomkitError(f"--images: cannot read {f} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
-def load_image(path: Path, resolution: int):
-    """RGB, shorter side resized to `resolution` (bicubic), centre crop, as a (3, R, R) tensor
-    in [-1, 1] (the diffusers example scripts' preprocessing with --center_crop)."""
+def load_resized(path: Path, resolution: int):
+    """(pixels, (height, width)): the image as RGB with its shorter side resized to `resolution`
+    (bicubic), a (3, H, W) tensor in [-1, 1], and its original size (SDXL's `original_size`)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -233,10 +233,21 @@ def load_image(path: Path, resolution: int):
             w, h = im.size
             scale = resolution / min(w, h)
             im = im.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
-            w, h = im.size
-            left, top = (w - resolution) // 2, (h - resolution) // 2
-            im = im.crop((left, top, left + resolution, top + resolution))
             arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
     except OSError as exc:
         raise GeomkitError(f"--images: cannot read {path} ({exc})") from None
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), (h, w)
+
+
+def center_crop_box(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """(top, left) of the centre crop, rounded as torchvision's CenterCrop and the diffusers SDXL
+    scripts' `crops_coords_top_left`."""
+    return max(0, int(round((height - resolution) / 2.0))), max(0, int(round((width - resolution) / 2.0)))
+
+
+def load_image(path: Path, resolution: int):
+    """The centre crop of `load_resized`, a (3, R, R) tensor in [-1, 1] (the diffusers example
+    scripts' preprocessing with --center_crop)."""
+    pix, _ = load_resized(path, resolution)
+    top, left = center_crop_box(pix.shape[1], pix.shape[2], resolution)
+    return pix[:, top: top + resolution, left: left + resolution].contiguous()

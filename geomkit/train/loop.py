@@ -33,11 +33,13 @@ from typing import Optional
 
 from geomkit.errors import GeomkitError
 from geomkit.train import checkpoint, data, objectives
-from geomkit.train.config import TrainConfig, absolute_paths, check, check_objective_options, same_setting
+from geomkit.train.config import (
+    TrainConfig, absolute_paths, check, check_objective_options, effective_lr, same_setting,
+)
 
 STRICT_RESUME = (
     "method", "objective", "model", "placeholder", "init_word", "prior_word", "magnitude", "num_vectors",
-    "texts", "images", "resolution", "templates", "max_length",
+    "texts", "images", "resolution", "templates", "max_length", "preset",
 )
 LOG_FLUSH_S = 5.0
 
@@ -160,8 +162,8 @@ def _resume_check(cfg: TrainConfig, saved: dict, main: bool) -> None:
     if diff:
         shown = "; ".join(f"--{k.replace('_', '-')} was {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in diff)
         raise GeomkitError(f"--resume: the checkpoint belongs to a different run ({shown})")
-    soft = [k for k in ("lr", "lr_schedule", "kappa", "batch_size", "seed", "mixed_precision", "crossinit_weight",
-                        "weight_decay", "flip_p") if str(saved.get(k)) != str(getattr(cfg, k))]
+    soft = [k for k in ("lr", "scale_lr", "lr_schedule", "kappa", "batch_size", "seed", "mixed_precision",
+                        "crossinit_weight", "crossinit_reduction", "weight_decay", "flip_p", "crop") if str(saved.get(k)) != str(getattr(cfg, k))]
     if soft:
         _say("resuming with changed settings (the result will differ from an uninterrupted run): "
              + ", ".join(f"{k} {saved.get(k)} -> {getattr(cfg, k)}" for k in soft), main)
@@ -324,6 +326,13 @@ def _resolve_micro_batch(sess, spec) -> int:
     return n
 
 
+def crossinit_penalty(vectors, slots, reduction: str = "sum"):
+    """CrossInit's ||e - e0||^2 per text encoder, summed over encoders: the sum of squares
+    (CrossInit's text) or their mean over the rows' elements (the DTI authors' MSE)."""
+    terms = [((v.float() - s.init.to(v.device)) ** 2) for v, s in zip(vectors, slots)]
+    return sum(t.mean() if reduction == "mean" else t.sum() for t in terms)
+
+
 class NonFinite(Exception):
     def __init__(self, what: str, value: float):
         super().__init__(what)
@@ -353,6 +362,7 @@ class Session:
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
         self.autocast = (lambda: torch.autocast(device_type, dtype=half)) if half is not None else nullcontext
         self.scaler = torch.amp.GradScaler(device_type) if cfg.mixed_precision == "fp16" else None
+        self.base_lr = effective_lr(cfg, dist.world)
         self.micro_batch = _resolve_micro_batch(self, cfg.micro_batch_size)
         # the log's reference directions, in float64 on the CPU once (not copied every step)
         self._refs = [(s.init.double(), s.mu.detach().cpu().double()) for s in self.slots]
@@ -369,7 +379,7 @@ class Session:
         from geomkit.train.optim import lr_at
 
         cfg, slots, opt, dist, scaler = self.cfg, self.slots, self.opt, self.dist, self.scaler
-        lr = lr_at(step, cfg.lr, cfg.steps, cfg.lr_schedule)
+        lr = lr_at(step, self.base_lr, cfg.steps, cfg.lr_schedule)
         for group in opt.param_groups:
             group["lr"] = lr
         reg_on = cfg.method == "crossinit" and cfg.crossinit_weight
@@ -388,8 +398,7 @@ class Session:
                     data_loss = data_loss * weight
                 loss = data_loss
                 if reg_on and k == 0:  # the regulariser once per step, as the full batch has it once
-                    reg = sum(((v.float() - s.init.to(v.device)) ** 2).sum() for v, s in zip(vectors, slots))
-                    loss = loss + cfg.crossinit_weight * reg
+                    loss = loss + cfg.crossinit_weight * crossinit_penalty(vectors, slots, cfg.crossinit_reduction)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 total = loss.detach() if total is None else total + loss.detach()
                 if reg_on:
@@ -500,6 +509,13 @@ def train(cfg: TrainConfig, given=()) -> dict:
     cfg = absolute_paths(check(cfg))  # recorded so, --resume works from any folder
     cfg.objective = objectives.detect(cfg)
     check_objective_options(cfg, given)
+    if cfg.preset:
+        from geomkit.train.presets import apply_preset
+
+        applied = apply_preset(cfg, objectives.pipeline_kind_of(cfg), given)
+        check(cfg)  # the preset's values (and --scale-lr's rate with them) pass the same checks
+        if applied:
+            _say(f"--preset {cfg.preset}: " + ", ".join(f"{k} {getattr(cfg, k)}" for k in applied))
     mark = report.created_mark()
     out = report.prepare_out(cfg.out)
     lock = runlock.acquire(out, "train")
@@ -725,6 +741,8 @@ def _results(cfg, obj, slots, rows, unrescaled, log, seconds, step_times, relate
         "m_star": [s.m_star for s in slots],
         "kappa": cfg.kappa,
         "lr": cfg.lr,
+        "scale_lr": cfg.scale_lr,
+        "lr_used": effective_lr(cfg, dist.world),
         "steps": cfg.steps,
         "batch_size": cfg.batch_size,
         "num_vectors": cfg.num_vectors,

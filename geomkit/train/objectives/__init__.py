@@ -26,6 +26,16 @@ def detect(cfg) -> str:
     return "diffusion" if (p / "model_index.json").is_file() else "lm"
 
 
+def pipeline_kind_of(cfg) -> str:
+    """"lm", or the pipeline kind ("sd", "sdxl", "sana") of the diffusion objective's --model."""
+    if cfg.objective == "lm":
+        return "lm"
+    from geomkit.generation import pipeline_dir
+    from geomkit.train.text_conditioning import pipeline_kind
+
+    return pipeline_kind(pipeline_dir(cfg.model))
+
+
 def check_inputs(cfg, objective: str) -> dict:
     """Data checks that need no model (run before any loading): returns what was read."""
     from geomkit.train import data

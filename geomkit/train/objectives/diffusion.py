@@ -3,23 +3,21 @@
 Loss: the noise-prediction MSE (or v-prediction, as the scheduler config says) of the frozen
 UNet, conditioned on template prompts holding the placeholder.
 
-- SD 1.x/2.x: the text encoder's last hidden state, as `StableDiffusionPipeline.encode_prompt`.
-- SDXL: `hidden_states[-2]` of both encoders concatenated, the pooled (projected) output of
-  encoder 2, and time ids (resolution, crop (0, 0), resolution) from the pipeline's own
-  `_get_add_time_ids`, as `StableDiffusionXLPipeline.encode_prompt`; each encoder has its own
-  placeholder ids, m* and prior direction mu.
-
+- Text conditioning: `geomkit.train.text_conditioning` (one code path with the public
+  `geomkit.train.conditioning`): SD 1.x/2.x the last hidden state; SDXL `hidden_states[-2]` of
+  both encoders and the pooled output of encoder 2, pooled where inference pools; each encoder
+  has its own placeholder ids, m* and prior direction mu.
+- SDXL micro-conditioning per example, as diffusers' SDXL training scripts: time ids =
+  (original height, original width, crop top, crop left, resolution, resolution) of the image
+  and crop each example was taken from.
 - SANA (Gemma 2 text encoder, DiT, DC-AE): flow matching as diffusers' SANA training script
   (x_t = (1 - sigma) x_0 + sigma noise, sigma of a uniformly drawn training timestep, target
   noise - x_0); prompts encoded by the pipeline's own `encode_prompt`, with the complex human
   instruction the pipeline uses at inference (prompts are lower-cased there, so the
   placeholder must be lower case).
 
-VAE latents are computed once: every training image (and its mirror image when --flip-p > 0) is
-encoded at the start and the latent distribution's mean and standard deviation are kept; each
-step draws `mean + std * N(0, 1)` from the step's generator. That is exactly the distribution
-the public scripts sample by running the VAE encoder on every step, without the encoder. (DC-AE
-latents are deterministic: cached as they are.)
+Latents and crops: `geomkit.train.latents` (encoded once under --crop center; per step under
+--crop random).
 """
 
 from __future__ import annotations
@@ -33,20 +31,24 @@ import torch.nn.functional as F
 
 from geomkit.errors import GeomkitError
 from geomkit.hooks import inject
-from geomkit.train.data import batch_indices, expand_placeholder, load_image, step_generator
-
-VAE_BATCH = 8
+from geomkit.train.data import batch_indices, expand_placeholder, step_generator
+from geomkit.train.latents import TrainingLatents
+from geomkit.train.text_conditioning import ClipText, SanaText, pipeline_kind
 
 
 def build(cfg, inputs: dict, device):
     """The objective for the pipeline folder --model names."""
+    from geomkit.generation import pipeline_dir
     from geomkit.models import resolve_spec
 
     folder = resolve_spec(cfg.model, progress=cfg.progress)
-    index_file = folder / "model_index.json"
-    if index_file.is_file() and "Sana" in json.loads(index_file.read_text()).get("_class_name", ""):
-        return SanaObjective(cfg, inputs, device)
-    return DiffusionObjective(cfg, inputs, device)
+    if not (folder / "model_index.json").is_file():
+        raise GeomkitError(f"--objective diffusion needs a diffusers pipeline folder (with model_index.json); {cfg.model} is not one")
+    pipeline_dir(str(folder))  # a component folder model_index.json lists but the copy lacks: say so
+    kind = pipeline_kind(folder)
+    if kind == "sana":
+        return SanaObjective(cfg, inputs, device, folder)
+    return DiffusionObjective(cfg, inputs, device, folder, sdxl=kind == "sdxl")
 
 
 def _frozen(model, device, dtype=None):
@@ -92,8 +94,11 @@ def half_dtype_for_encoders(cfg, allow_fp16: bool = True):
 
 
 def lean_vae(obj) -> None:
-    """Once latents are cached the VAE encoder is never used again: drop it. Validation decodes
-    only; without validation prompts the decoder leaves the accelerator too."""
+    """Once latents are cached the VAE encoder is never used again: drop it (under --crop random
+    it encodes every step's crops and stays). Validation decodes only; without validation
+    prompts and with no encoding left to do, the VAE leaves the accelerator too."""
+    if obj.latents.needs_encoder:
+        return
     obj.vae.encoder = None
     if not obj.cfg.validation_prompts and obj.device.type != "cpu":
         obj.vae.to("cpu")
@@ -106,61 +111,46 @@ def _validation_folder(out_dir) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
-@torch.no_grad()
-def _encode_images(obj) -> list:
-    """VAE outputs for every training image (and its mirror when flips are on), encoded once in
-    batches; counts the encodes in `obj.vae_encodes` (tests check it stays at one pass)."""
-    pix = torch.stack([load_image(f, obj.resolution) for f in obj.files])
-    if obj.cfg.flip_p > 0:
-        pix = torch.cat([pix, torch.flip(pix, dims=[-1])])
-    outs = []
-    for s in range(0, pix.shape[0], VAE_BATCH):
-        outs.append(obj.vae.encode(pix[s : s + VAE_BATCH].to(obj.device, obj.vae.dtype)))
-        obj.vae_encodes += 1
-    return outs
+
+def _training_latents(obj, kind: str, scaling: float, shift: float = 0.0) -> TrainingLatents:
+    cfg = obj.cfg
+    return TrainingLatents(obj.files, obj.resolution, obj.vae, obj.device, flip_p=cfg.flip_p, crop=cfg.crop,
+                           kind=kind, scaling=scaling, shift=shift)
+
+
+def _draw_common(obj, step: int, rank: int, world: int):
+    """Examples, flips, templates and latents of one step (the part every objective shares)."""
+    cfg = obj.cfg
+    n_img, b = len(obj.files), cfg.batch_size
+    gen = step_generator(cfg.seed, step, rank)
+    idx = torch.tensor(batch_indices(n_img, b, step, cfg.seed, rank, world))
+    flips = (torch.rand(b, generator=gen) < cfg.flip_p).long() if cfg.flip_p > 0 else torch.zeros(b, dtype=torch.long)
+    which = torch.randint(0, len(obj.templates), (b,), generator=gen)
+    latents, crops = obj.latents.take(idx, flips, gen, cfg.seed, step, rank)
+    return gen, which, latents, crops
+
 
 class DiffusionObjective:
     kind = "diffusion"
 
-    def __init__(self, cfg, inputs: dict, device):
+    def __init__(self, cfg, inputs: dict, device, folder: Path, sdxl: bool):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
-        from geomkit.models import load_encoder, resolve_spec
-        from geomkit.train.params import private_encoder
 
         self.cfg = cfg
         self.device = device
-        folder = resolve_spec(cfg.model, progress=cfg.progress)
-        index_file = folder / "model_index.json"
-        if not index_file.is_file():
-            raise GeomkitError(f"--objective diffusion needs a diffusers pipeline folder (with model_index.json); {cfg.model} is not one")
-        from geomkit.generation import pipeline_dir
-
-        pipeline_dir(str(folder))  # a component folder model_index.json lists but the copy lacks: say so
-        index = json.loads(index_file.read_text())
-        cls = index.get("_class_name", "")
-        if "unet" not in index or not (folder / "unet").is_dir():
-            raise GeomkitError(
-                f"--objective diffusion supports Stable Diffusion 1.x/2.x, SDXL and SANA pipelines; {cls or 'this pipeline'} "
-                "is not supported"
-            )
         self.folder = folder
-        self.pipeline_class = cls
-        self.sdxl = index.get("text_encoder_2") not in (None, [None, None])
+        self.pipeline_class = json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+        self.sdxl = sdxl
         self.files = inputs["files"]
         self.templates = inputs["templates"]
 
-        half = half_dtype_for_encoders(cfg)
-        encs = [load_encoder(str(folder), encoder=1, dtype=half, progress=cfg.progress)]
-        if self.sdxl:
-            encs.append(load_encoder(str(folder), encoder=2, dtype=half, progress=cfg.progress))
-        for e in encs:
-            e.model.to(device)
-        self.encoders = [private_encoder(e) for e in encs]
+        self.text = ClipText(folder, device, half_dtype_for_encoders(cfg), cfg.progress, sdxl=sdxl)
+        self.encoders = self.text.encoders
 
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
         # frozen UNet in half precision under mixed precision, as the public scripts; the VAE in float32
         self.unet = _frozen(UNet2DConditionModel.from_pretrained(folder, subfolder="unet"), device, self.weight_dtype)
+        self.denoiser = self.unet
         speed_options(self.unet, cfg, "UNet")
         self.vae = _frozen(AutoencoderKL.from_pretrained(folder, subfolder="vae"), device)
         self.noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
@@ -168,42 +158,36 @@ class DiffusionObjective:
         self.resolution = cfg.resolution or int(self.unet.config.sample_size) * self.vae_scale
         if self.resolution % self.vae_scale:
             raise GeomkitError(f"--resolution {self.resolution}: must be a multiple of the VAE's factor {self.vae_scale}")
-        self.scaling = float(self.vae.config.scaling_factor)
-        self.shift = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
-        self.vae_encodes = 0
-        self._cache_latents()
+        self.latents = _training_latents(self, "kl", float(self.vae.config.scaling_factor),
+                                         float(getattr(self.vae.config, "shift_factor", None) or 0.0))
         lean_vae(self)
         self._pipe = None
 
-    # ---- latents, once ------------------------------------------------------------------------
-    @torch.no_grad()
-    def _cache_latents(self) -> None:
-        dists = [out.latent_dist for out in _encode_images(self)]
-        self.lat_mean = torch.cat([d.mean.float() for d in dists])
-        self.lat_std = torch.cat([d.std.float() for d in dists])
+    @property
+    def vae_encodes(self) -> int:
+        return self.latents.encodes
 
     # ---- prompts --------------------------------------------------------------------------------
     def setup(self, slots) -> None:
         prompts = [t.format(expand_placeholder(self.cfg.placeholder, self.cfg.placeholder, self.cfg.num_vectors))
                    for t in self.templates]
         self.prompts = prompts
-        self.template_ids = []
-        for enc in self.encoders:
-            tok = enc.tokenizer
-            ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt")["input_ids"]
-            self.template_ids.append(ids)
+        self.template_ids = self.text.token_ids(prompts)
         new = set(slots[0].token_ids)
         lost = [p for p, row in zip(prompts, self.template_ids[0].tolist()) if not new & set(row)]
         if lost:
             raise GeomkitError(f"--templates: the placeholder is truncated away in {lost[0]!r}; shorten the template")
-        self.time_ids = None
-        if self.sdxl:
+        if self.sdxl:  # the pipeline's own check that the UNet takes this many time ids
             r = self.resolution
-            self.time_ids = self.pipeline()._get_add_time_ids(
-                (r, r), (0, 0), (r, r), dtype=torch.float32,
-                text_encoder_projection_dim=int(self.encoders[1].model.config.projection_dim),
-            ).to(self.device)
+            self.pipeline()._get_add_time_ids((r, r), (0, 0), (r, r), dtype=torch.float32,
+                                              text_encoder_projection_dim=int(self.encoders[1].model.config.projection_dim))
+
+    def time_ids(self, crops):
+        """SDXL's add_time_ids per example: original size, crop top-left (from `crops`, rows of
+        (height, width, top, left)) and the target size."""
+        r = float(self.resolution)
+        target = torch.tensor([[r, r]]).expand(crops.shape[0], 2)
+        return torch.cat([crops.float(), target], dim=1).to(self.device)
 
     def pipeline(self):
         """The diffusers pipeline around the same components (no loading): its helpers and sampler."""
@@ -225,35 +209,25 @@ class DiffusionObjective:
             self._pipe.set_progress_bar_config(disable=True)
         return self._pipe
 
-    def condition(self, ids: list, vectors, slots):
-        """(encoder_hidden_states, added_cond_kwargs) for token ids, learned rows injected."""
-        with ExitStack() as stack:
-            for slot, vec in zip(slots, vectors):
-                stack.enter_context(inject(slot.enc, vec, token_ids=slot.token_ids))
-            if not self.sdxl:
-                return self.encoders[0].model(ids[0].to(self.device))[0], None
-            out1 = self.encoders[0].model(ids[0].to(self.device), output_hidden_states=True)
-            out2 = self.encoders[1].model(ids[1].to(self.device), output_hidden_states=True)
-        cond = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)
-        pooled = out2[0]
-        added = {"text_embeds": pooled, "time_ids": self.time_ids.expand(ids[0].shape[0], -1)}
-        return cond, added
+    def condition(self, ids: list, vectors, slots, crops=None):
+        """(encoder_hidden_states, added_cond_kwargs) for token ids, learned rows injected; SDXL's
+        time ids from `crops` (rows of original height, width, crop top, left; default: an
+        uncropped image of the training size)."""
+        cond, pooled = self.text.encode(ids, vectors, slots)
+        if not self.sdxl:
+            return cond, None
+        if crops is None:
+            r = float(self.resolution)
+            crops = torch.tensor([[r, r, 0.0, 0.0]]).expand(ids[0].shape[0], 4)
+        return cond, {"text_embeds": pooled, "time_ids": self.time_ids(crops)}
 
     # ---- the loss -------------------------------------------------------------------------------
     def draw(self, step: int, rank: int = 0, world: int = 1) -> dict:
         """The step's whole batch: examples, flips, templates, latents, noise, timesteps (a pure
         function of seed, step and rank), as noisy latents, timesteps, targets and template rows."""
-        cfg = self.cfg
-        n_img = len(self.files)
-        b = cfg.batch_size
-        gen = step_generator(cfg.seed, step, rank)
-        idx = torch.tensor(batch_indices(n_img, b, step, cfg.seed, rank, world))
-        flips = (torch.rand(b, generator=gen) < cfg.flip_p).long() if cfg.flip_p > 0 else torch.zeros(b, dtype=torch.long)
-        which = torch.randint(0, len(self.templates), (b,), generator=gen)
-        rows = (idx + flips * n_img).to(self.lat_mean.device)
-        mean, std = self.lat_mean[rows], self.lat_std[rows]
-        sample = mean + std * torch.randn(mean.shape, generator=gen).to(mean.device)
-        latents = (sample - self.shift) * self.scaling
+        b = self.cfg.batch_size
+        gen, which, latents, crops = _draw_common(self, step, rank, world)
+        latents = latents.to(self.device)
         noise = torch.randn(latents.shape, generator=gen).to(latents.device)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=gen).to(latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
@@ -264,20 +238,23 @@ class DiffusionObjective:
             target = self.noise_scheduler.get_velocity(latents, noise, t)
         else:
             raise GeomkitError(f"scheduler prediction_type {kind!r} is not supported (epsilon, v_prediction)")
-        return {"noisy": noisy, "t": t, "target": target, "which": which}
+        return {"noisy": noisy, "t": t, "target": target, "which": which, "crops": crops}
 
     def micro_batches(self, step: int, rank: int, world: int, size: int) -> list:
         return split_batch(self.draw(step, rank, world), size)
 
-    def loss(self, vectors, slots, step: int, rank: int = 0, world: int = 1, part=None):
-        """The batch's MSE (or, given `part`, that micro-batch's mean), the learned rows injected."""
-        part = self.draw(step, rank, world) if part is None else part
-        cond, added = self.condition([ids[part["which"]] for ids in self.template_ids], vectors, slots)
+    def predict(self, part: dict, vectors, slots):
+        """The denoiser's prediction for a drawn (micro-)batch, the learned rows injected."""
+        cond, added = self.condition([ids[part["which"]] for ids in self.template_ids], vectors, slots, part["crops"])
         kwargs = {}
         if added is not None:
             kwargs["added_cond_kwargs"] = {k: v.to(self.weight_dtype) for k, v in added.items()}
-        pred = self.unet(part["noisy"].to(self.weight_dtype), part["t"], cond.to(self.weight_dtype), **kwargs).sample
-        return F.mse_loss(pred.float(), part["target"].float())
+        return self.unet(part["noisy"].to(self.weight_dtype), part["t"], cond.to(self.weight_dtype), **kwargs).sample
+
+    def loss(self, vectors, slots, step: int, rank: int = 0, world: int = 1, part=None):
+        """The batch's MSE (or, given `part`, that micro-batch's mean), the learned rows injected."""
+        part = self.draw(step, rank, world) if part is None else part
+        return F.mse_loss(self.predict(part, vectors, slots).float(), part["target"].float())
 
     # ---- validation images ----------------------------------------------------------------------
     @torch.no_grad()
@@ -307,7 +284,7 @@ class DiffusionObjective:
     def describe(self) -> dict:
         return {
             "pipeline": self.pipeline_class, "sdxl": self.sdxl, "images": len(self.files), "resolution": self.resolution,
-            "templates": len(self.templates), "latents_cached": int(self.lat_mean.shape[0]),
+            "templates": len(self.templates), "latents_cached": self.latents.cached_rows, "crop": self.cfg.crop,
             "prediction_type": self.noise_scheduler.config.prediction_type,
         }
 
@@ -316,29 +293,24 @@ class SanaObjective:
     """SANA pipelines: flow matching on the DiT, the Gemma 2 text encoder's learned rows injected."""
 
     kind = "diffusion"
-    MAX_SEQUENCE_LENGTH = 300  # the pipeline's default
+    MAX_SEQUENCE_LENGTH = SanaText.MAX_SEQUENCE_LENGTH
 
-    def __init__(self, cfg, inputs: dict, device):
-        import inspect
+    def __init__(self, cfg, inputs: dict, device, folder: Path):
+        from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
 
-        from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
-
-        from geomkit.models import load_encoder, resolve_spec
-        from geomkit.train.params import private_encoder
-
-        self.cfg, self.device = cfg, device
-        self.folder = folder = resolve_spec(cfg.model, progress=cfg.progress)
+        self.cfg, self.device, self.folder = cfg, device, folder
         self.pipeline_class = json.loads((folder / "model_index.json").read_text()).get("_class_name", "SanaPipeline")
         if cfg.placeholder != cfg.placeholder.lower():
             raise GeomkitError(f"--placeholder {cfg.placeholder}: SANA pipelines lower-case every prompt; use a lower-case placeholder")
         self.files, self.templates = inputs["files"], inputs["templates"]
         self.sdxl = False
         # Gemma 2 overflows in float16: under fp16 the SANA text encoder stays float32
-        enc = load_encoder(str(folder), encoder=1, dtype=half_dtype_for_encoders(cfg, allow_fp16=False), progress=cfg.progress)
-        enc.model.to(device)
-        self.encoders = [private_encoder(enc)]
+        self.text = SanaText(folder, device, half_dtype_for_encoders(cfg, allow_fp16=False), cfg.progress)
+        self.encoders = self.text.encoders
+        self.chi = self.text.chi
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
         self.transformer = _frozen(SanaTransformer2DModel.from_pretrained(folder, subfolder="transformer"), device, self.weight_dtype)
+        self.denoiser = self.transformer
         speed_options(self.transformer, cfg, "transformer")
         self.vae = _frozen(AutoencoderDC.from_pretrained(folder, subfolder="vae"), device)
         self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
@@ -346,16 +318,13 @@ class SanaObjective:
         self.resolution = cfg.resolution or int(self.transformer.config.sample_size) * self.vae_scale
         if self.resolution % self.vae_scale:
             raise GeomkitError(f"--resolution {self.resolution}: must be a multiple of the VAE's factor {self.vae_scale}")
-        self.chi = inspect.signature(SanaPipeline.__call__).parameters["complex_human_instruction"].default
-        self.vae_encodes = 0
-        self._cache_latents()
+        self.latents = _training_latents(self, "dc", float(self.vae.config.scaling_factor))
         lean_vae(self)
         self._pipe = None
 
-    @torch.no_grad()
-    def _cache_latents(self) -> None:
-        lat = torch.cat([out.latent.float() for out in _encode_images(self)])
-        self.latents = lat * float(self.vae.config.scaling_factor)
+    @property
+    def vae_encodes(self) -> int:
+        return self.latents.encodes
 
     def pipeline(self):
         if self._pipe is None:
@@ -380,23 +349,13 @@ class SanaObjective:
 
     def condition(self, prompts: list, vectors, slots):
         """(prompt_embeds, attention_mask) from the pipeline's own encode_prompt, rows injected."""
-        slot = slots[0]
-        with inject(slot.enc, vectors[0], token_ids=slot.token_ids):
-            embeds, mask, _, _ = self.pipeline().encode_prompt(
-                prompts, do_classifier_free_guidance=False, device=self.device,
-                max_sequence_length=self.MAX_SEQUENCE_LENGTH, complex_human_instruction=self.chi,
-            )
-        return embeds, mask
+        return self.text.encode(prompts, vectors, slots)
 
     def draw(self, step: int, rank: int = 0, world: int = 1) -> dict:
         """The step's whole batch (a pure function of seed, step and rank)."""
-        cfg = self.cfg
-        n_img, b = len(self.files), cfg.batch_size
-        gen = step_generator(cfg.seed, step, rank)
-        idx = torch.tensor(batch_indices(n_img, b, step, cfg.seed, rank, world))
-        flips = (torch.rand(b, generator=gen) < cfg.flip_p).long() if cfg.flip_p > 0 else torch.zeros(b, dtype=torch.long)
-        which = torch.randint(0, len(self.templates), (b,), generator=gen)
-        x0 = self.latents[(idx + flips * n_img).to(self.latents.device)]
+        b = self.cfg.batch_size
+        gen, which, x0, _crops = _draw_common(self, step, rank, world)
+        x0 = x0.to(self.device)
         noise = torch.randn(x0.shape, generator=gen).to(x0.device)
         # uniform timestep density ("none" weighting of diffusers' SANA script), sigma of that timestep
         indices = (torch.rand(b, generator=gen) * self.noise_scheduler.config.num_train_timesteps).long()
@@ -408,12 +367,14 @@ class SanaObjective:
     def micro_batches(self, step: int, rank: int, world: int, size: int) -> list:
         return split_batch(self.draw(step, rank, world), size)
 
+    def predict(self, part: dict, vectors, slots):
+        embeds, mask = self.condition(part["prompts"], vectors, slots)
+        return self.transformer(hidden_states=part["noisy"].to(self.weight_dtype), encoder_hidden_states=embeds.to(self.weight_dtype),
+                                encoder_attention_mask=mask, timestep=part["t"], return_dict=False)[0]
+
     def loss(self, vectors, slots, step: int, rank: int = 0, world: int = 1, part=None):
         part = self.draw(step, rank, world) if part is None else part
-        embeds, mask = self.condition(part["prompts"], vectors, slots)
-        pred = self.transformer(hidden_states=part["noisy"].to(self.weight_dtype), encoder_hidden_states=embeds.to(self.weight_dtype),
-                                encoder_attention_mask=mask, timestep=part["t"], return_dict=False)[0]
-        return F.mse_loss(pred.float(), part["target"].float())
+        return F.mse_loss(self.predict(part, vectors, slots).float(), part["target"].float())
 
     @torch.no_grad()
     def validate(self, slots, step: int, out_dir) -> list:
@@ -439,5 +400,5 @@ class SanaObjective:
 
     def describe(self) -> dict:
         return {"pipeline": self.pipeline_class, "sdxl": False, "images": len(self.files), "resolution": self.resolution,
-                "templates": len(self.templates), "latents_cached": int(self.latents.shape[0]),
+                "templates": len(self.templates), "latents_cached": self.latents.cached_rows, "crop": self.cfg.crop,
                 "prediction_type": "flow_matching", "complex_human_instruction": bool(self.chi)}
