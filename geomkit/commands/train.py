@@ -41,7 +41,7 @@ EXAMPLES = """examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from geomkit.commands._common import existing_dir
-    from geomkit.train.config import CROPS, METHODS, PRECISIONS, REDUCTIONS, SCHEDULES, TrainConfig
+    from geomkit.train.config import CROPS, LOSSES, METHODS, PRECISIONS, REDUCTIONS, SCHEDULES, TrainConfig
     from geomkit.train.presets import PRESETS
 
     d = TrainConfig()
@@ -97,6 +97,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crossinit-reduction", choices=REDUCTIONS, default=d.crossinit_reduction,
                    help="crossinit: sum of squares (CrossInit's text) or their mean (the DTI authors' MSE) (default: sum)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW methods (default: 1e-2, as the diffusers scripts)")
+    g = p.add_argument_group("LoRA on the frozen denoiser, beside the token (pivotal tuning), and DCO (diffusion)")
+    g.add_argument("--lora-rank", type=int, default=None, metavar="R",
+                   help="add a LoRA of rank R to the UNet's / SANA transformer's attention projections (peft), trained "
+                        "with its own AdamW beside the token (default: off)")
+    g.add_argument("--lora-alpha", type=float, default=None, metavar="A", help="LoRA scale numerator (default: the rank)")
+    g.add_argument("--lora-lr", type=float, default=d.lora_lr, metavar="LR", help="the LoRA's learning rate (default: 1e-4)")
+    g.add_argument("--lora-targets", default=d.lora_targets, metavar="NAMES",
+                   help="comma list of projection names to adapt (default: to_q,to_k,to_v,to_out.0)")
+    g.add_argument("--lora-dropout", type=float, default=d.lora_dropout, metavar="P", help="(default: 0)")
+    g.add_argument("--token-steps", type=int, default=None, metavar="N",
+                   help="train the token for steps 1..N only; the LoRA goes on (the pivot; default: every step)")
+    g.add_argument("--loss", choices=LOSSES, default=d.loss,
+                   help="mse, or dco: Direct Consistency Optimization against the same denoiser with the LoRA off "
+                        "(needs --lora-rank; default: mse)")
+    g.add_argument("--dco-beta", type=float, default=d.dco_beta, metavar="B", help="DCO's beta (default: 1000, as the DCO code)")
     g = p.add_argument_group("memory and speed (the result does not depend on these)")
     g.add_argument("--micro-batch-size", default=None, metavar="N|auto",
                    help="run each step's batch in micro-batches of N (a divisor of --batch-size), gradients "

@@ -15,6 +15,8 @@ OBJECTIVES = ("auto", "lm", "diffusion")
 PRECISIONS = ("no", "bf16", "fp16")
 CROPS = ("center", "random")
 REDUCTIONS = ("sum", "mean")
+LOSSES = ("mse", "dco")
+LORA_OPTIONS = ("lora_alpha", "lora_lr", "lora_targets", "lora_dropout", "token_steps", "loss", "dco_beta")
 SCHEDULES = ("constant", "cosine")
 
 # Settings that must not change between a run and its --resume (anything else may: --steps
@@ -63,6 +65,15 @@ class TrainConfig:
     validation_inference_steps: int = 25
     # baselines / optimiser
     crossinit_weight: float = 1e-5
+    # LoRA on the frozen denoiser beside the token (pivotal tuning), and the DCO loss
+    lora_rank: Optional[int] = None  # None: no LoRA
+    lora_alpha: Optional[float] = None  # default: the rank
+    lora_lr: float = 1e-4
+    lora_targets: str = "to_q,to_k,to_v,to_out.0"
+    lora_dropout: float = 0.0
+    token_steps: Optional[int] = None  # the token stops after this step, the LoRA goes on (None: all steps)
+    loss: str = "mse"  # mse | dco
+    dco_beta: float = 1000.0
     crossinit_reduction: str = "sum"  # sum: lambda ||e - e0||^2 (CrossInit's text); mean: the DTI authors' MSE
     preset: Optional[str] = None  # paper | authors: their settings for every field still at its default
     weight_decay: float = 1e-2  # AdamW methods, as the public TI example scripts
@@ -108,6 +119,9 @@ FLOAT_RANGES = {  # name: (low, high, low is allowed)
     "lr": (0.0, 10.0, False),
     "flip_p": (0.0, 1.0, True),
     "crossinit_weight": (0.0, 1e6, True),
+    "lora_lr": (0.0, 10.0, False),
+    "lora_dropout": (0.0, 0.99, True),
+    "dco_beta": (0.0, 1e6, False),
     "weight_decay": (0.0, 100.0, True),
 }
 INT_RANGES = {  # name: (low, high)
@@ -123,6 +137,8 @@ INT_RANGES = {  # name: (low, high)
 }
 # Options that only the diffusion objective reads, with their defaults.
 DIFFUSION_ONLY = {
+    "lora_rank": None, "lora_alpha": None, "lora_lr": 1e-4, "lora_targets": "to_q,to_k,to_v,to_out.0", "lora_dropout": 0.0,
+    "token_steps": None, "loss": "mse", "dco_beta": 1000.0,
     "images": None, "resolution": None, "templates": "object", "flip_p": 0.5, "crop": "center", "validation_prompts": [],
     "validation_steps": 100, "validation_images": 1, "validation_inference_steps": 25,
 }
@@ -150,11 +166,36 @@ def _check_numbers(cfg: "TrainConfig") -> None:
     k = cfg.keep_checkpoints
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 10**8):
         raise GeomkitError(f"--keep-checkpoints {k}: keep at least 1 (leave it out to keep every checkpoint)")
+    _check_lora(cfg)
     if cfg.resolution is not None and (isinstance(cfg.resolution, bool) or not isinstance(cfg.resolution, int)
                                        or not 8 <= cfg.resolution <= 8192):
         raise GeomkitError(f"--resolution {cfg.resolution}: a multiple of 8 between 8 and 8192 (e.g. 512, 768, 1024)")
     if cfg.resolution is not None and cfg.resolution % 8:
         raise GeomkitError(f"--resolution {cfg.resolution}: use a multiple of 8 (e.g. 512, 768, 1024)")
+
+
+def _check_lora(cfg: "TrainConfig") -> None:
+    """The LoRA / DCO settings that need no model (rank against the denoiser: once it is loaded)."""
+    r = cfg.lora_rank
+    if r is not None and (isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 4096):
+        raise GeomkitError(f"--lora-rank {r}: a whole number from 1 (e.g. 4, as the paper's DCO runs, or 32)")
+    a = cfg.lora_alpha
+    if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0):
+        raise GeomkitError(f"--lora-alpha {a}: must be a positive finite number (default: the rank)")
+    if cfg.loss not in LOSSES:
+        raise GeomkitError(f"--loss {cfg.loss}: choose one of {', '.join(LOSSES)}")
+    t = cfg.token_steps
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= cfg.steps):
+        raise GeomkitError(f"--token-steps {t}: the token trains from step 1 to N, so N must be between 1 and --steps {cfg.steps}")
+    if r is None:
+        from dataclasses import fields as _fields
+
+        defaults = {f.name: f.default for f in _fields(TrainConfig)}
+        used = [k for k in LORA_OPTIONS if getattr(cfg, k) != defaults[k]]
+        if used:
+            what = "--loss dco compares the model with the LoRA against it without" if cfg.loss == "dco" else \
+                f"{', '.join(flag(k) for k in used)} only {'applies' if len(used) == 1 else 'apply'} with a LoRA"
+            raise GeomkitError(f"{what}: add --lora-rank R (e.g. 4)")
 
 
 def check_device(device: Optional[str]) -> None:

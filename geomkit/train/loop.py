@@ -40,6 +40,7 @@ from geomkit.train.config import (
 STRICT_RESUME = (
     "method", "objective", "model", "placeholder", "init_word", "prior_word", "magnitude", "num_vectors",
     "texts", "images", "resolution", "templates", "max_length", "preset",
+    "lora_rank", "lora_alpha", "lora_targets", "loss", "dco_beta",
 )
 LOG_FLUSH_S = 5.0
 
@@ -163,7 +164,8 @@ def _resume_check(cfg: TrainConfig, saved: dict, main: bool) -> None:
         shown = "; ".join(f"--{k.replace('_', '-')} was {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in diff)
         raise GeomkitError(f"--resume: the checkpoint belongs to a different run ({shown})")
     soft = [k for k in ("lr", "scale_lr", "lr_schedule", "kappa", "batch_size", "seed", "mixed_precision",
-                        "crossinit_weight", "crossinit_reduction", "weight_decay", "flip_p", "crop") if str(saved.get(k)) != str(getattr(cfg, k))]
+                        "crossinit_weight", "crossinit_reduction", "weight_decay", "flip_p", "crop", "lora_lr",
+                        "lora_dropout", "token_steps") if str(saved.get(k)) != str(getattr(cfg, k))]
     if soft:
         _say("resuming with changed settings (the result will differ from an uninterrupted run): "
              + ", ".join(f"{k} {saved.get(k)} -> {getattr(cfg, k)}" for k in soft), main)
@@ -346,8 +348,8 @@ class Session:
     def __init__(self, cfg: TrainConfig, inputs: dict, dist: "_Dist"):
         import torch
 
-        from geomkit.train.optim import make_optimizer
         from geomkit.train.params import add_placeholder, build_slot
+        from geomkit.train.trainables import TokenRows
 
         self.cfg, self.dist = cfg, dist
         self.obj = objectives.build(cfg, cfg.objective, inputs, dist.device)
@@ -356,16 +358,31 @@ class Session:
             ids = add_placeholder(enc, cfg.placeholder, cfg.num_vectors)
             self.slots.append(build_slot(enc, cfg, ids))
         self.obj.setup(self.slots)
-        self.params = [s.param for s in self.slots]
-        self.opt = make_optimizer(cfg.method, self.slots, cfg.lr, cfg.kappa, cfg.weight_decay)
+        self.base_lr = effective_lr(cfg, dist.world)
+        self.tokens = TokenRows(self.slots, cfg, self.base_lr)
+        self.trainables = [self.tokens]
+        self.lora = None
+        if cfg.lora_rank:
+            from geomkit.train.lora import LoraTrainable
+
+            self.lora = LoraTrainable(self.obj.denoiser, cfg, "UNet" if hasattr(self.obj, "unet") else "transformer")
+            self.trainables.append(self.lora)
+        self.params = [p for t in self.trainables for p in t.params]
+        self.opt = self.tokens.opt
+        self._data_loss = self._dco_loss if cfg.loss == "dco" else self.obj.loss
         device_type = dist.device.type
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
         self.autocast = (lambda: torch.autocast(device_type, dtype=half)) if half is not None else nullcontext
         self.scaler = torch.amp.GradScaler(device_type) if cfg.mixed_precision == "fp16" else None
-        self.base_lr = effective_lr(cfg, dist.world)
         self.micro_batch = _resolve_micro_batch(self, cfg.micro_batch_size)
         # the log's reference directions, in float64 on the CPU once (not copied every step)
         self._refs = [(s.init.double(), s.mu.detach().cpu().double()) for s in self.slots]
+
+    def _dco_loss(self, vectors, slots, step: int, rank: int = 0, world: int = 1, part=None):
+        from geomkit.train.lora import dco_loss
+
+        part = self.obj.draw(step, rank, world) if part is None else part
+        return dco_loss(self.obj, part, vectors, slots, self.cfg.dco_beta)
 
     def step(self, step: int) -> dict:
         """One optimisation step (1-based); its log line. Raises NonFinite (nothing updated).
@@ -373,16 +390,15 @@ class Session:
         The step's examples, noise and timesteps are drawn once for the whole batch; with a
         micro-batch size N < batch size they run in chunks of N, each chunk's loss weighted by its
         share of the batch (so the summed gradient is the full batch's), then one reduction over
-        processes and one optimiser update. The result does not depend on N."""
+        processes (every trainable's gradients in one buffer) and one update of each trainable.
+        The result does not depend on N."""
         import torch
 
-        from geomkit.train.optim import lr_at
-
-        cfg, slots, opt, dist, scaler = self.cfg, self.slots, self.opt, self.dist, self.scaler
-        lr = lr_at(step, self.base_lr, cfg.steps, cfg.lr_schedule)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        reg_on = cfg.method == "crossinit" and cfg.crossinit_weight
+        cfg, slots, dist, scaler = self.cfg, self.slots, self.dist, self.scaler
+        lr = self.tokens.set_lr(step)
+        for t in self.trainables[1:]:
+            t.set_lr(step)
+        reg_on = cfg.method == "crossinit" and cfg.crossinit_weight and self.tokens.active(step)
         if self.micro_batch >= cfg.batch_size:
             parts = [(None, None)]  # the whole batch: the objective draws it itself
         else:
@@ -390,16 +406,17 @@ class Session:
         total = data_total = None
         with self.obj_mode():
             for k, (part, weight) in enumerate(parts):
-                vectors = [s.vectors() for s in slots]
+                vectors = self.tokens.vectors(step)
                 with self.autocast():
-                    data_loss = self.obj.loss(vectors, slots, step, dist.rank, dist.world, part=part)
+                    data_loss = self._data_loss(vectors, slots, step, dist.rank, dist.world, part=part)
                 data_loss = data_loss.float()
                 if weight is not None:
                     data_loss = data_loss * weight
                 loss = data_loss
                 if reg_on and k == 0:  # the regulariser once per step, as the full batch has it once
                     loss = loss + cfg.crossinit_weight * crossinit_penalty(vectors, slots, cfg.crossinit_reduction)
-                (scaler.scale(loss) if scaler is not None else loss).backward()
+                if loss.requires_grad:
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
                 total = loss.detach() if total is None else total + loss.detach()
                 if reg_on:
                     data_total = data_loss.detach() if data_total is None else data_total + data_loss.detach()
@@ -411,21 +428,41 @@ class Session:
         host = torch.stack([t.float().reshape(()) for t in terms] + ([flags.to(terms[0].device)] if flags is not None else []))
         host = host.tolist()
         value = host[0]
+        stepping = [t for t in self.trainables if t.active(step) and any(p.grad is not None for p in t.params)]
         if not math.isfinite(value):
-            opt.zero_grad(set_to_none=True)
+            self._zero_grad()
             raise NonFinite("loss", value)
         if flags is not None and not host[-1]:
-            opt.zero_grad(set_to_none=True)
+            self._zero_grad()
             raise NonFinite("gradient", value)
-        if scaler is not None:
-            scaler.step(opt)
+        for t in stepping:
+            if scaler is not None:
+                scaler.step(t.opt)
+            else:
+                t.opt.step()
+        if scaler is not None and stepping:
             scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+        self._zero_grad()
         if reg_on:  # log the data term, averaged over processes
             value = host[1]
-        return _log_line(step, value, lr, slots, self._refs)
+        line = _log_line(step, value, lr, slots, self._refs)
+        for t in self.trainables[1:]:
+            line.update(t.log_fields(step))
+        return line
+
+    def _zero_grad(self) -> None:
+        for t in self.trainables:
+            t.opt.zero_grad(set_to_none=True)
+
+    def state_tensors(self) -> dict:
+        out = {}
+        for t in self.trainables:
+            out.update(t.state_tensors())
+        return out
+
+    def load_state_tensors(self, tensors: dict) -> None:
+        for t in self.trainables:
+            t.load_state_tensors(tensors)
 
     def trial_chunk(self, n: int) -> None:
         """Forward + backward of one micro-batch of n examples of step 1's draw, then the gradients
@@ -436,14 +473,14 @@ class Session:
                 vectors = [s.vectors() for s in self.slots]
                 with self.autocast():
                     if n >= self.cfg.batch_size:
-                        loss = self.obj.loss(vectors, self.slots, 1, dist.rank, dist.world)
+                        loss = self._data_loss(vectors, self.slots, 1, dist.rank, dist.world)
                     else:
                         part, _ = self.obj.micro_batches(1, dist.rank, dist.world, n)[0]
-                        loss = self.obj.loss(vectors, self.slots, 1, dist.rank, dist.world, part=part)
+                        loss = self._data_loss(vectors, self.slots, 1, dist.rank, dist.world, part=part)
                 loss.float().backward()
                 del loss, vectors
         finally:
-            self.opt.zero_grad(set_to_none=True)
+            self._zero_grad()
 
     def obj_mode(self):
         """The objective's own context for a training step (e.g. transformers' checkpointing needs
@@ -537,7 +574,6 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
 
     from geomkit.report import write_json
     from geomkit.train.exports import export, rescale
-    from geomkit.train.optim import load_optimizer_state_tensors, optimizer_state_tensors
 
     ckpt_dir = out / "checkpoints"
     resume_meta = resume_tensors = None
@@ -562,15 +598,12 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
     sess = Session(cfg, inputs, dist)
     _check_token_room(cfg, sess)
     _check_related(cfg, sess)
-    obj, slots, params, opt = sess.obj, sess.slots, sess.params, sess.opt
+    obj, slots = sess.obj, sess.slots
     autocast = sess.autocast
 
     start, log, prior_seconds, last_saved = 0, [], 0.0, None
     if resume_meta is not None:
-        with torch.no_grad():
-            for i, p in enumerate(params):
-                p.copy_(resume_tensors[f"param.{i}"].to(p.device, p.dtype))
-        load_optimizer_state_tensors(opt, resume_tensors)
+        sess.load_state_tensors(resume_tensors)
         checkpoint.set_rng_state(resume_meta["rng"])
         start = int(resume_meta["step"])
         log = [ln for ln in resume_meta.get("log", []) if ln["step"] <= start]
@@ -587,13 +620,14 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
         "num_processes": dist.world,
         "micro_batch_size_used": sess.micro_batch,
     }
+    if sess.lora is not None:
+        run_info["lora"] = sess.lora.describe()
     if dist.main:
         write_json(out / "config.json", dict(cfg.to_dict(), **run_info))
 
     def save(step: int) -> Path:
         nonlocal last_saved
-        tensors = {f"param.{i}": p.detach().cpu() for i, p in enumerate(params)}
-        tensors.update(optimizer_state_tensors(opt))
+        tensors = sess.state_tensors()
         meta = {"config": cfg.to_dict(), "log": log, "train_seconds": prior_seconds + (time.perf_counter() - t_start),
                 "format": 1}
         path = None
@@ -672,6 +706,8 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
     files = []
     if dist.main:
         files = export(out, cfg.placeholder, rows)
+        if sess.lora is not None:
+            files += sess.lora.export(out, type(obj.pipeline()), "unet" if hasattr(obj, "unet") else "transformer")
         if unrescaled is not None:
             files += export(out, cfg.placeholder, unrescaled, stem="learned_embeds_unrescaled")
         done_in_loop = cfg.validation_steps and final_step % cfg.validation_steps == 0 and start < cfg.steps
@@ -766,6 +802,10 @@ def _results(cfg, obj, slots, rows, unrescaled, log, seconds, step_times, relate
         "num_processes": run_info["num_processes"],
         "micro_batch_size": cfg.micro_batch_size,
         "micro_batch_size_used": run_info["micro_batch_size_used"],
+        "loss": cfg.loss,
+        "dco_beta": cfg.dco_beta if cfg.loss == "dco" else None,
+        "lora": run_info.get("lora"),
+        "token_steps": cfg.token_steps,
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "compile": cfg.compile,
         "first_step_seconds": step_times[0] if step_times else None,  # includes compiling under --compile

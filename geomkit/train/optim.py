@@ -119,21 +119,21 @@ def lr_at(step: int, base: float, steps: int, schedule: str = "constant") -> flo
     return base
 
 
-def optimizer_state_tensors(opt: torch.optim.Optimizer) -> dict:
-    """Per-parameter optimiser state as flat {"opt.{i}.{name}": tensor} (AdamW moments and step)."""
+def optimizer_state_tensors(opt: torch.optim.Optimizer, prefix: str = "opt") -> dict:
+    """Per-parameter optimiser state as flat {"{prefix}.{i}.{name}": tensor} (AdamW moments and step)."""
     out = {}
     params = [p for g in opt.param_groups for p in g["params"]]
     for i, p in enumerate(params):
         for name, value in opt.state.get(p, {}).items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
-            out[f"opt.{i}.{name}"] = t.detach().clone().cpu()
+            out[f"{prefix}.{i}.{name}"] = t.detach().clone().cpu()
     return out
 
 
-def load_optimizer_state_tensors(opt: torch.optim.Optimizer, tensors: dict) -> None:
+def load_optimizer_state_tensors(opt: torch.optim.Optimizer, tensors: dict, prefix: str = "opt") -> None:
     params = [p for g in opt.param_groups for p in g["params"]]
     for i, p in enumerate(params):
-        prefix = f"opt.{i}."
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        prefix_i = f"{prefix}.{i}."
+        state = {k[len(prefix_i):]: v for k, v in tensors.items() if k.startswith(prefix_i)}
         if state:
             opt.state[p] = {k: (v.to(p.device) if k != "step" else v.clone()) for k, v in state.items()}

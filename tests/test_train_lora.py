@@ -1,0 +1,286 @@
+"""The token trained together with a LoRA on the frozen denoiser (pivotal tuning), and DCO, on tiny
+SD, SDXL and SANA pipelines: the exported LoRA files load into diffusers and give geomkit's own
+trained denoiser; DCO starts at ln 2; DTI's invariants hold; micro-batches and checkpointing give
+the same result; resume is bit-exact; two processes equal one with the averaged batch."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from geomkit.train import TrainConfig, objectives, train
+from geomkit.train.config import check
+from geomkit.train.loop import Session, _Dist
+
+from helpers import assert_one_line_error, random_images, run_cli
+
+TOKEN = "<cat-toy>"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return random_images(tmp_path_factory.mktemp("lora-images"), [(32, 32), (40, 36), (36, 44)], seed=2)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_dir):
+    return {"sd": tiny_dir("sd"), "sdxl": tiny_dir("sdxl"), "sana": tiny_dir("sana")}
+
+
+def config(kind, models, images, out, **kw):
+    args = dict(model=str(models[kind]), images=str(images), placeholder=TOKEN, init_word="toy", steps=2, batch_size=2,
+                lr=0.05, lora_rank=2, lora_lr=0.01, out=str(out), progress=False, seed=3,
+                resolution=32 if kind != "sana" else None)
+    args.update(kw)
+    return TrainConfig(**args)
+
+
+def session(cfg, world_seed=True):
+    cfg = check(cfg)
+    cfg.objective = objectives.detect(cfg)
+    torch.manual_seed(cfg.seed)
+    return Session(cfg, objectives.check_inputs(cfg, cfg.objective), _Dist("cpu"))
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+def log_of(out):
+    return [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+# ---- files every LoRA loader reads --------------------------------------------------------------
+def _pipeline(kind, folder):
+    from diffusers import SanaPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if kind == "sd":
+        return StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    return (StableDiffusionXLPipeline if kind == "sdxl" else SanaPipeline).from_pretrained(folder)
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl", "sana"])
+def test_exported_lora_loads_into_diffusers_and_gives_the_trained_denoiser(kind, models, images, tmp_path):
+    cfg = config(kind, models, images, tmp_path / "run", lora_alpha=3.0, method="dti", steps=3)
+    res = train(cfg)
+    out = tmp_path / "run"
+    assert res["lora"]["rank"] == 2 and res["lora"]["alpha"] == 3.0 and res["loss"] == "mse"
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["lora_rank"], saved["lora_alpha"], saved["lora_lr"], saved["loss"]) == (2, 3.0, 0.01, "mse")
+    assert saved["lora"]["targets"] == ["to_q", "to_k", "to_v", "to_out.0"]
+
+    # geomkit's own trained denoiser: a session resumed from the final checkpoint, adapter on
+    sess = session(config(kind, models, images, out, lora_alpha=3.0, method="dti", steps=3, resume="latest"))
+    from geomkit.train import checkpoint
+
+    _, tensors = checkpoint.load(checkpoint.find(out, "latest"))
+    sess.load_state_tensors(tensors)
+    part = sess.obj.draw(1)
+    vectors = [s.vectors().detach() for s in sess.slots]
+    with torch.no_grad():
+        ours = sess.obj.predict(part, vectors, sess.slots)
+    assert sess.lora.n_params == res["lora"]["parameters"] > 0
+
+    layouts = ["pytorch_lora_weights.safetensors"] + (["lora_kohya.safetensors"] if kind != "sana" else [])
+    assert set(layouts) <= set(res["files"])
+    for name in layouts:
+        pipe = _pipeline(kind, models[kind])
+        pipe.load_lora_weights(str(out), weight_name=name)
+        denoiser = pipe.unet if kind != "sana" else pipe.transformer
+        sess.obj.denoiser.disable_adapters()
+        base = sess.obj.predict
+        # the same conditioning fed to the loaded denoiser
+        with torch.no_grad():
+            if kind == "sana":
+                embeds, mask = sess.obj.condition(part["prompts"], vectors, sess.slots)
+                theirs = denoiser(hidden_states=part["noisy"], encoder_hidden_states=embeds, encoder_attention_mask=mask,
+                                  timestep=part["t"], return_dict=False)[0]
+            else:
+                cond, added = sess.obj.condition([ids[part["which"]] for ids in sess.obj.template_ids], vectors,
+                                                 sess.slots, part["crops"])
+                kwargs = {"added_cond_kwargs": added} if added is not None else {}
+                theirs = denoiser(part["noisy"], part["t"], cond, **kwargs).sample
+            plain = base(part, vectors, sess.slots)
+        sess.obj.denoiser.enable_adapters()
+        assert rel(theirs, ours) <= 1e-5, name
+        assert rel(plain, ours) > 1e-4  # the LoRA changed the denoiser: the comparison has teeth
+        if name == "lora_kohya.safetensors":
+            alphas = {k: v for k, v in load_file(str(out / name)).items() if k.endswith(".alpha")}
+            assert alphas and all(float(v) == 3.0 for v in alphas.values())
+            assert all(k.startswith("lora_unet_") for k in load_file(str(out / name)))
+
+
+# ---- DCO ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["sd", "sdxl", "sana"])
+def test_dco_loss_is_ln2_at_step_1_and_falls(kind, models, images, tmp_path):
+    train(config(kind, models, images, tmp_path, loss="dco", dco_beta=1000.0, method="dti", steps=3))
+    log = log_of(tmp_path)
+    assert log[0]["loss"] == pytest.approx(math.log(2.0), abs=1e-6)  # LoRA B = 0: model == reference
+    assert log[-1]["loss"] < math.log(2.0)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["loss"] == "dco" and res["dco_beta"] == 1000.0
+
+
+def test_dco_reference_is_the_adapter_off_model(models, images, tmp_path):
+    """An independent computation of the DCO loss on one drawn batch: per-example errors of the
+    model and of the frozen denoiser, -log sigmoid(-beta (err - err_ref)), averaged."""
+    from geomkit.train.lora import dco_loss
+
+    sess = session(config("sd", models, images, tmp_path, loss="dco", dco_beta=50.0))
+    with torch.no_grad():
+        for p in sess.lora.params:
+            p.add_(torch.randn_like(p) * 0.05)
+    part = sess.obj.draw(1)
+    vectors = [s.vectors().detach() for s in sess.slots]
+    got = dco_loss(sess.obj, part, vectors, sess.slots, 50.0)
+    with torch.no_grad():
+        pred = sess.obj.predict(part, vectors, sess.slots)
+        for p in sess.lora.params:
+            p.zero_()
+        ref = sess.obj.predict(part, vectors, sess.slots)
+    e = ((pred - part["target"]) ** 2).mean(dim=(1, 2, 3))
+    r = ((ref - part["target"]) ** 2).mean(dim=(1, 2, 3))
+    want = torch.nn.functional.softplus(50.0 * (e - r)).mean()
+    assert float(got.detach()) == pytest.approx(float(want), rel=1e-5)
+    assert float(got.detach()) != pytest.approx(math.log(2.0), abs=1e-4)
+
+
+# ---- invariants, micro-batches, checkpointing, pivot --------------------------------------------
+def test_dti_invariants_hold_under_joint_training_and_the_token_stops_at_the_pivot(models, images, tmp_path):
+    res = train(config("sdxl", models, images, tmp_path, method="dti", kappa=0.0, steps=4, token_steps=2, loss="dco"))
+    log = log_of(tmp_path)
+    m1, m2 = res["m_star"]
+    for ln in log:
+        assert ln["norm"] == pytest.approx(m1, rel=1e-6) and ln["norm_2"] == pytest.approx(m2, rel=1e-6)
+        assert ln["lora_lr"] == pytest.approx(0.01)
+    assert log[0]["angle_from_init_deg"] == pytest.approx(math.degrees(math.atan(0.05)), rel=1e-4)  # one step: atan(lr)
+    assert [ln["lr"] for ln in log] == [0.05, 0.05, 0.0, 0.0]
+    assert log[2]["angle_from_init_deg"] == log[1]["angle_from_init_deg"] == log[3]["angle_from_init_deg"]
+    assert log[3]["loss"] != log[2]["loss"]  # the LoRA goes on
+
+
+def _steps(sess, n):
+    for k in range(1, n + 1):
+        sess.step(k)
+    return [p.detach().clone() for p in sess.params]
+
+
+@pytest.mark.parametrize("kind", ["sd", "sana"])
+def test_micro_batches_and_checkpointing_give_the_same_result(kind, models, images, tmp_path):
+    ref = _steps(session(config(kind, models, images, tmp_path, batch_size=4, loss="dco")), 2)
+    for kw in ({"micro_batch_size": 1}, {"gradient_checkpointing": True}, {"micro_batch_size": 2, "gradient_checkpointing": True}):
+        got = _steps(session(config(kind, models, images, tmp_path, batch_size=4, loss="dco", **kw)), 2)
+        assert len(got) == len(ref) > 1
+        for i, (a, b) in enumerate(zip(got, ref)):
+            # sess.params: the token rows first (the trainer's usual 1e-5), then the LoRA weights, 1e-4
+            # under AdamW: Adam divides by sqrt(v), so a rounding-level difference in a near-zero gradient
+            # (lora_A while B is still ~0) becomes a visible, still tiny, difference in the step
+            assert rel(a, b) <= (1e-5 if i == 0 else 1e-4), (kw, i)
+
+
+def test_resume_with_a_lora_is_bit_exact(models, images, tmp_path):
+    kw = dict(method="ti", loss="dco", steps=4)
+    train(config("sdxl", models, images, tmp_path / "a", **kw))
+    train(config("sdxl", models, images, tmp_path / "b", save_every=2, **dict(kw, steps=2)))
+    train(config("sdxl", models, images, tmp_path / "b", save_every=2, resume="latest", **kw))
+    for f in ("learned_embeds_sdxl.safetensors", "pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / f)), load_file(str(tmp_path / "b" / f))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    assert [ln["loss"] for ln in log_of(tmp_path / "a")] == [ln["loss"] for ln in log_of(tmp_path / "b")]
+
+
+def test_bf16_keeps_lora_weights_and_state_float32(models, images, tmp_path):
+    sess = session(config("sd", models, images, tmp_path, mixed_precision="bf16"))
+    sess.step(1)
+    assert all(p.dtype == torch.float32 for p in sess.lora.params)
+    assert all(v.dtype == torch.float32 for st in sess.lora.opt.state.values() for k, v in st.items() if k != "step")
+    assert next(iter(sess.obj.unet.parameters())).dtype == torch.bfloat16  # the frozen denoiser stays lean
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_with_the_averaged_batch(models, images, tmp_path):
+    """torchrun with 2 processes of batch 2 against an in-process computation: each rank's loss
+    on its own draw, gradients averaged, one step of each optimiser."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "geomkit", "train",
+           "--model", str(models["sd"]), "--images", str(images), "--placeholder", TOKEN, "--init-word", "toy",
+           "--steps", "2", "--batch-size", "2", "--resolution", "32", "--lr", "0.05", "--seed", "3",
+           "--lora-rank", "2", "--lora-lr", "0.01", "--loss", "dco", "--out", str(out), "--quiet"]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    import random
+
+    import numpy as np
+
+    cfg = config("sd", models, images, tmp_path / "ref", loss="dco")
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    sess = session(cfg)
+    for step in (1, 2):
+        sess.tokens.set_lr(step)
+        sess.lora.set_lr(step)
+        for rank in (0, 1):
+            loss = sess._data_loss(sess.tokens.vectors(step), sess.slots, step, rank, 2)
+            (loss / 2).backward()
+        sess.tokens.opt.step()
+        sess.lora.opt.step()
+        sess._zero_grad()
+    token = load_file(str(out / "learned_embeds.safetensors"))[TOKEN]
+    assert rel(token, sess.slots[0].vectors().detach()) <= 1e-5
+    theirs = sess.lora.peft_state()
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
+    saved = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in
+                                             load_file(str(out / "pytorch_lora_weights.safetensors")).items()})
+    assert saved.keys() == theirs.keys()
+    for k in theirs:
+        assert rel(saved[k], theirs[k]) <= 1e-5 or float(theirs[k].abs().max()) == 0.0, k
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("args,msg", [
+    (["--lora-rank", "0"], "--lora-rank 0"),
+    (["--lora-rank", "-3"], "--lora-rank -3"),
+    (["--lora-rank", "two"], "--lora-rank"),
+    (["--lora-rank", "64"], "above the smallest targeted dimension"),
+    (["--lora-rank", "2", "--lora-alpha", "0"], "--lora-alpha"),
+    (["--lora-rank", "2", "--lora-alpha", "nan"], "--lora-alpha"),
+    (["--lora-rank", "2", "--loss", "dco", "--dco-beta", "-1"], "--dco-beta"),
+    (["--lora-rank", "2", "--lora-targets", "to_q,qkv"], "has no linear module named qkv"),
+    (["--loss", "dco"], "add --lora-rank"),
+    (["--lora-alpha", "4"], "add --lora-rank"),
+    (["--lora-rank", "2", "--token-steps", "9", "--steps", "3"], "--token-steps 9"),
+    (["--lora-rank", "2", "--loss", "kl"], "--loss"),
+])
+def test_bad_lora_input_is_one_line_and_writes_nothing(models, images, tmp_path, capsys, args, msg):
+    out = tmp_path / "o"
+    code, _, err = run_cli(capsys, "train", "--model", models["sd"], "--images", images, "--placeholder", TOKEN,
+                           "--init-word", "toy", "--resolution", "32", "--steps", "3", "--out", out, *args)
+    assert_one_line_error(code, err, msg)
+    assert not out.exists()
+
+
+def test_lora_with_the_lm_objective_is_refused(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    code, _, err = run_cli(capsys, "train", "--model", tiny_dir("gemma3"), "--texts", "glimmerfox", "--placeholder",
+                           "<glimmerfox>", "--init-word", "fox", "--lora-rank", "4", "--out", out)
+    assert_one_line_error(code, err, "--lora-rank")
+    assert not out.exists()
+
+
+def test_resume_refuses_a_changed_lora(models, images, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(config("sd", models, images, out, steps=2, save_every=1))
+    for flag, value in (("--lora-rank", "3"), ("--lora-alpha", "7"), ("--loss", "dco"), ("--lora-targets", "to_q")):
+        code, _, err = run_cli(capsys, "train", "--out", out, "--resume", flag, value, "--steps", "3")
+        assert_one_line_error(code, err, flag)
