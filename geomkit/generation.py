@@ -46,6 +46,7 @@ class Token:
     parts: dict = field(default_factory=dict)  # label -> tensor (n, d)
     hints: dict = field(default_factory=dict)  # label -> 1 | 2
     paths: list = field(default_factory=list)
+    lora: Optional[Path] = None  # the LoRA trained with it (a run folder's pytorch_lora_weights.safetensors)
 
 
 def read_token_file(path, name: Optional[str] = None) -> Token:
@@ -109,7 +110,7 @@ def run_token(run_dir) -> Token:
     results = read_run_results(run)
     name = results.get("placeholder")
     if (run / RUN_FILES_SDXL).is_file():
-        return read_token_file(run / RUN_FILES_SDXL, name=name)
+        return with_run_lora(read_token_file(run / RUN_FILES_SDXL, name=name), run)
     files = [run / f for f in RUN_FILES if (run / f).is_file()]
     if not files:
         raise GeomkitError(f"run folder {run_dir} has no learned_embeds*.safetensors")
@@ -118,7 +119,83 @@ def run_token(run_dir) -> Token:
         raise GeomkitError(f"run folder {run_dir}: its embedding files name different tokens")
     if name:
         tokens[0].name = name
-    return tokens[0]
+    return with_run_lora(tokens[0], run)
+
+
+def with_run_lora(token: Token, run_dir) -> Token:
+    """The token of a run trained with --lora-rank carries that run's LoRA (loaded with it)."""
+    f = Path(run_dir).expanduser() / RUN_LORA
+    token.lora = f if f.is_file() else None
+    return token
+
+
+RUN_LORA = "pytorch_lora_weights.safetensors"
+
+
+def _header_shapes(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def check_lora_fits(folder, path) -> None:
+    """One line before any loading when a LoRA file was made for another model: every adapted
+    module must exist in this pipeline's denoiser with the LoRA's input/output sizes. Reads
+    safetensors headers only (diffusers/peft keys `unet.X.lora.down.weight`, `...lora_A.weight`;
+    kohya keys `lora_unet_X.lora_down.weight`)."""
+    path = Path(path)
+    try:
+        lora = _header_shapes(path)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several kinds for a damaged header
+        raise GeomkitError(f"--lora {path}: not a readable safetensors LoRA file ({str(exc).splitlines()[0]})") from None
+    folder = Path(folder)
+    component = "unet" if (folder / "unet").is_dir() else "transformer"
+    weights = sorted((folder / component).glob("*.safetensors"))
+    if not weights:
+        return  # a .bin denoiser: diffusers' own loader checks
+    base = {}
+    for w in weights:
+        base.update(_header_shapes(w))
+    by_kohya = {k[: -len(".weight")].replace(".", "_"): v for k, v in base.items() if k.endswith(".weight")}
+    seen = 0
+    for key, shape in lora.items():
+        down = key.endswith((".lora.down.weight", ".lora_A.weight", ".lora_down.weight"))
+        up = key.endswith((".lora.up.weight", ".lora_B.weight", ".lora_up.weight"))
+        if not (down or up):
+            continue
+        module = key.rsplit(".", 3 if ".lora." in key else 2)[0]
+        if module.startswith("lora_unet_"):
+            target = by_kohya.get(module[len("lora_unet_"):])
+        elif module.startswith(("unet.", "transformer.")):
+            target = base.get(module.split(".", 1)[1] + ".weight")
+        else:
+            continue  # text-encoder parts: diffusers' loader handles them
+        ok = target is not None and len(target) == 2 and len(shape) == 2 and (
+            shape[1] == target[1] if down else shape[0] == target[0])
+        if not ok:
+            raise GeomkitError(f"--lora {path}: made for another model: it adapts {module} ({'missing' if target is None else 'another size'} "
+                               f"in this pipeline's {component}); give the LoRA trained with this pipeline")
+        seen += 1
+    if not seen:
+        raise GeomkitError(f"--lora {path}: no LoRA weights for a UNet or transformer in it")
+
+
+def install_loras(pipe, paths: Sequence) -> None:
+    """`load_lora_weights` for each LoRA file (an adapter each; all active)."""
+    paths = [Path(p) for p in paths if p]
+    if not paths:
+        return
+    names = []
+    for i, path in enumerate(paths):
+        name = f"geomkit_{i}"
+        try:
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise GeomkitError(f"--lora {path}: diffusers could not load it ({str(exc).splitlines()[0]})") from None
+        names.append(name)
+    if len(names) > 1:
+        pipe.set_adapters(names)
 
 
 # ---- pipelines -------------------------------------------------------------------------------
@@ -287,6 +364,9 @@ def check_tokens_fit(folder, tokens) -> None:
     if dims:
         for tok in tokens:
             assign_parts(tok, dims)
+    for tok in tokens:
+        if tok.lora is not None:
+            check_lora_fits(folder, tok.lora)
 
 
 def assign_parts(token: Token, encoders) -> list[tuple[int, object]]:
@@ -321,6 +401,7 @@ def install_tokens(pipe, tokens: Sequence[Token]) -> None:
     if not encoders:
         raise GeomkitError(f"{type(pipe).__name__} has no CLIP text encoder/tokenizer to load tokens into")
     plan = [(tok, assign_parts(tok, encoders)) for tok in tokens]  # check all before changing anything
+    install_loras(pipe, [tok.lora for tok in tokens if tok.lora is not None])
     by_idx = {e[0]: e for e in encoders}
     for tok, parts in plan:
         for idx, vec in parts:
@@ -451,6 +532,8 @@ def token_fingerprint(tokens: Sequence[Token]) -> dict:
         h = hashlib.sha256()
         for k in sorted(tok.parts):
             h.update(tok.parts[k].detach().cpu().numpy().tobytes())
+        if tok.lora is not None:  # images made with the LoRA differ from images made without it
+            h.update(Path(tok.lora).read_bytes())
         out[tok.name] = h.hexdigest()[:16]
     return out
 

@@ -284,3 +284,55 @@ def test_resume_refuses_a_changed_lora(models, images, tmp_path, capsys):
     for flag, value in (("--lora-rank", "3"), ("--lora-alpha", "7"), ("--loss", "dco"), ("--lora-targets", "to_q")):
         code, _, err = run_cli(capsys, "train", "--out", out, "--resume", flag, value, "--steps", "3")
         assert_one_line_error(code, err, flag)
+
+
+# ---- using the result: generate / evaluate -------------------------------------------------------
+@pytest.fixture(scope="module")
+def lora_run(models, images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora-run") / "run"
+    train(config("sd", models, images, out, steps=2, lora_lr=0.05))
+    return out
+
+
+def test_a_run_folder_brings_its_lora_to_generate(models, lora_run, tmp_path, capsys):
+    from geomkit.generation import install_tokens, load_pipeline, run_token
+
+    token = run_token(lora_run)
+    assert token.lora == lora_run / "pytorch_lora_weights.safetensors"
+    pipe = load_pipeline(str(models["sd"]), device="cpu", dtype="float32")
+    install_tokens(pipe, [token])  # what generate, evaluate and interpolate call
+    assert "geomkit_0" in pipe.unet.peft_config
+    code, _, err = run_cli(capsys, "generate", "--run", lora_run, "--prompt", "a {} on a beach", "--seeds", "0",
+                           "--steps", "2", "--resolution", "32", "--out", tmp_path / "g", "--no-progress")
+    assert code == 0, err
+    res = json.loads((tmp_path / "g" / "results.json").read_text())
+    assert res["tokens"][TOKEN]["lora"].endswith("pytorch_lora_weights.safetensors")
+    # the same run without its LoRA: other images (the LoRA is really applied)
+    code, _, err = run_cli(capsys, "generate", "--embedding", lora_run / "learned_embeds.safetensors", "--model", models["sd"],
+                           "--prompt", "a {} on a beach", "--seeds", "0", "--steps", "2", "--resolution", "32",
+                           "--out", tmp_path / "h", "--no-progress")
+    assert code == 0, err
+    from PIL import Image
+    import numpy as np
+
+    a = np.asarray(Image.open(next((tmp_path / "g" / "images").glob("*.png"))), dtype=np.float32)
+    b = np.asarray(Image.open(next((tmp_path / "h" / "images").glob("*.png"))), dtype=np.float32)
+    assert np.abs(a - b).max() > 0
+    # --lora FILE gives the same images as the run folder
+    code, _, err = run_cli(capsys, "generate", "--embedding", lora_run / "learned_embeds.safetensors", "--model", models["sd"],
+                           "--lora", lora_run / "pytorch_lora_weights.safetensors", "--prompt", "a {} on a beach",
+                           "--seeds", "0", "--steps", "2", "--resolution", "32", "--out", tmp_path / "i", "--no-progress")
+    assert code == 0, err
+    c = np.asarray(Image.open(next((tmp_path / "i" / "images").glob("*.png"))), dtype=np.float32)
+    assert np.array_equal(a, c)
+
+
+def test_generate_refuses_a_lora_made_for_another_model(models, images, lora_run, tmp_path, capsys):
+    xl = tmp_path / "xl"
+    train(config("sdxl", models, images, xl, steps=1))
+    for f in (xl / "pytorch_lora_weights.safetensors", xl / "lora_kohya.safetensors"):
+        out = tmp_path / f"o-{f.stem}"
+        code, _, err = run_cli(capsys, "generate", "--embedding", lora_run / "learned_embeds.safetensors", "--model",
+                               models["sd"], "--lora", f, "--prompt", "a {}", "--seeds", "0", "--out", out)
+        assert_one_line_error(code, err, "made for another model")
+        assert not out.exists()

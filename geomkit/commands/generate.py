@@ -76,6 +76,8 @@ def generation_settings(args, pipeline_folder, tokens) -> dict:
         "size": args.size,
         "negative_prompt": args.negative_prompt,
         "dtype": args.dtype,
+        # only when given, so image folders made before --lora existed still match
+        **({"loras": {str(Path(f).resolve()): Path(f).stat().st_size for f in args.lora}} if getattr(args, "lora", None) else {}),
     }
 
 
@@ -103,6 +105,9 @@ def add_arguments(p):
     p.add_argument("--model", metavar="PIPELINE", default=None, type=model_spec, help="diffusers pipeline folder (or cached org/name); default: the --run's model")
     p.add_argument("--embedding", nargs="+", default=[], type=existing_file, metavar="FILE", help="learned embedding file(s): diffusers {token: (n, d)} or SDXL {clip_l, clip_g}")
     p.add_argument("--run", nargs="+", default=[], type=existing_dir, metavar="RUN_DIR", help="training run folder(s): their learned token(s)")
+    p.add_argument("--lora", nargs="+", default=[], type=existing_file, metavar="FILE",
+                   help="LoRA file(s) for the denoiser (diffusers pytorch_lora_weights or kohya layout); a --run trained "
+                        "with --lora-rank brings its own")
     p.add_argument("--token", nargs="+", default=None, type=nonempty("token name"), metavar="NAME", help="rename the learned tokens, in order (default: each file's token / the run's placeholder)")
     p.add_argument("--prompt", action="append", default=[], type=nonempty("prompt"), metavar="TEXT", help="a prompt ('{}' = the learned token); repeat for several")
     p.add_argument("--prompts", metavar="FILE", default=None, type=existing_file, help="a prompt file, one per line ('#' lines skipped)")
@@ -159,8 +164,8 @@ def run(args) -> int:
     from geomkit import report
     from geomkit.errors import GeomkitError
     from geomkit.generation import (
-        Job, check_token_names, check_tokens_fit, generate, have_image, image_grid, install_tokens, load_pipeline, pipeline_dir,
-        record_settings, save_png, settings_guard, slug,
+        Job, check_lora_fits, check_token_names, check_tokens_fit, generate, have_image, image_grid, install_loras, install_tokens,
+        load_pipeline, pipeline_dir, record_settings, save_png, settings_guard, slug,
     )
 
     check_generation_args(args)
@@ -170,6 +175,8 @@ def run(args) -> int:
         raise GeomkitError("--model PIPELINE is required (or --run RUN_DIR of a pipeline run)")
     folder = pipeline_dir(model)
     check_tokens_fit(folder, tokens)
+    for f in args.lora:
+        check_lora_fits(folder, f)
     prompts = list(args.prompt) + (read_prompt_lines(args.prompts) if args.prompts else [])
     if not prompts:
         raise GeomkitError("no prompts: give --prompt TEXT (repeatable) or --prompts FILE")
@@ -200,6 +207,7 @@ def run(args) -> int:
     if pending:
         pipe = load_pipeline(folder, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
         install_tokens(pipe, tokens)
+        install_loras(pipe, args.lora)
         record_settings(img_dir, settings)
         made = generate(
             pipe, jobs, steps=args.steps, guidance=args.guidance, size=args.size, batch_size=args.batch_size,
@@ -211,7 +219,9 @@ def run(args) -> int:
     results = {
         "model": str(folder),
         "tokens": {t.name: {"files": t.paths, "dims": [int(v.shape[-1]) for v in t.parts.values()],
-                            "n_vectors": int(next(iter(t.parts.values())).shape[0])} for t in tokens},
+                            "n_vectors": int(next(iter(t.parts.values())).shape[0]),
+                            "lora": str(t.lora) if t.lora is not None else None} for t in tokens},
+        "loras": [str(f) for f in args.lora],
         "prompts": texts,
         "seeds": args.seeds,
         **{k: settings[k] for k in ("steps", "scheduler", "guidance", "size", "negative_prompt", "dtype")},
