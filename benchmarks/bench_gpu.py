@@ -40,6 +40,10 @@ MODES = {
     "micro 2": dict(micro=2, ckpt=False),
     "micro 1": dict(micro=1, ckpt=False),
     "micro 1 + ckpt": dict(micro=1, ckpt=True),
+    # the token with a LoRA beside it (train --lora-rank): its step against the token-only "full" step
+    "lora r4": dict(micro=None, ckpt=False, lora=4),
+    "lora r32": dict(micro=None, ckpt=False, lora=32),
+    "lora r32 + ckpt": dict(micro=None, ckpt=True, lora=32),
 }
 DEFAULTS = {"tiny": (32, 12), "sd15": (512, 10), "sdxl": (1024, 10)}  # resolution, steps
 
@@ -86,7 +90,7 @@ def worker(a) -> dict:
                           resolution=a.resolution, batch_size=a.batch, lr=5e-3, seed=42, steps=10**6,
                           mixed_precision=a.precision, out=str(Path(a.work) / "runs" / method), progress=False,
                           device=a.device, micro_batch_size=spec["micro"], gradient_checkpointing=spec["ckpt"],
-                          compile=spec.get("compile", False), **kw)
+                          compile=spec.get("compile", False), lora_rank=spec.get("lora"), **kw)
         return check(cfg)
 
     def session(method):
@@ -207,7 +211,7 @@ def loop_ratio(config, steps, sync) -> dict:
 # SDXL-sized floor (see the README): the estimate is a few per cent low.
 
 
-def _estimate(size: str, batch: int, res: int, micro=None, ckpt=False, lean=True, precision="bf16") -> dict:
+def _estimate(size: str, batch: int, res: int, micro=None, ckpt=False, lean=True, precision="bf16", lora=0) -> dict:
     import logging
 
     import torch
@@ -258,10 +262,22 @@ def _estimate(size: str, batch: int, res: int, micro=None, ckpt=False, lean=True
             c.intermediate_size, c.hidden_act = e["intermediate_size"], e["hidden_act"]
             m = (CLIPTextModelWithProjection if k == 1 else CLIPTextModel)(c).eval().requires_grad_(False)
             encs.append(m.to(half) if lean else m)
+    lora_state = 0
+    if lora:  # the adapter as train --lora-rank adds it: float32 weights, their gradients and AdamW's two moments
+        from peft import LoraConfig
+
+        with torch.device("meta"):
+            unet.add_adapter(LoraConfig(r=lora, lora_alpha=lora, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                        init_lora_weights="gaussian"))
+        lora_params = [p for n, p in unet.named_parameters() if "lora_" in n]
+        for p in lora_params:
+            p.data = p.data.float()
+            p.requires_grad_(True)
+        lora_state = 3 * sum(p.numel() * 4 for p in lora_params)
     if ckpt:
         unet.enable_gradient_checkpointing()
     models = [unet, *encs]
-    weights = sum(p.numel() * p.element_size() for m in models for p in m.parameters())
+    weights = sum(p.numel() * p.element_size() for m in models for p in m.parameters()) + lora_state
     frozen = {p.untyped_storage()._cdata for m in models for p in m.parameters()}
     saved = {}
 
@@ -296,7 +312,9 @@ def estimate_table(size: str, batch: int, res: int, precision: str) -> list:
     rows = []
     for name, kw in [("full, fp32 frozen encoders", dict(lean=False)), ("full", {}), ("micro 2", dict(micro=2)),
                      ("micro 1", dict(micro=1)), ("full + ckpt", dict(ckpt=True)), ("micro 2 + ckpt", dict(micro=2, ckpt=True)),
-                     ("micro 1 + ckpt", dict(micro=1, ckpt=True)), ("full, fp32 frozen encoders + ckpt", dict(lean=False, ckpt=True))]:
+                     ("micro 1 + ckpt", dict(micro=1, ckpt=True)), ("full, fp32 frozen encoders + ckpt", dict(lean=False, ckpt=True)),
+                     ("LoRA r4", dict(lora=4)), ("LoRA r32", dict(lora=32)), ("LoRA r32 + micro 1", dict(lora=32, micro=1)),
+                     ("LoRA r32 + ckpt", dict(lora=32, ckpt=True)), ("LoRA r32 + micro 1 + ckpt", dict(lora=32, micro=1, ckpt=True))]:
         if kw.get("micro") and batch % kw["micro"]:
             continue
         r = _estimate(size, batch, res, precision=precision, **kw)
@@ -385,6 +403,9 @@ def main(argv=None) -> int:
     pipe = build(a.size, work)
     images = _images(work / "images", a.resolution)
     modes = dict(MODES)
+    if a.size == "tiny":  # the tiny UNet's projections are 8-16 wide: rank 32 does not fit, rank 8 stands in
+        modes = {k.replace("r32", "r8"): dict(v, lora=min(v.get("lora") or 0, 8) or None) if "lora" in v else v
+                 for k, v in modes.items()}
     if a.compile:
         modes["full + compile"] = dict(micro=None, ckpt=False, compile=True)
     if a.modes:
@@ -427,6 +448,11 @@ def main(argv=None) -> int:
     if comp and full:
         print(f"compile: first step {comp['first_step_s']:.1f} s (compiling), then {comp['dti_ms']:.1f} ms vs "
               f"{full['dti_ms']:.1f} ms eager ({comp['dti_ms'] / full['dti_ms']:.2f}x)")
+    plain = next((r for r in rows if r["mode"] == "full" and "dti_ms" in r), None)
+    for r in rows:
+        if r["mode"].startswith("lora") and "dti_ms" in r and plain:
+            print(f"{r['mode']}: DTI + LoRA step {r['dti_ms']:.1f} ms = {r['dti_ms'] / plain['dti_ms']:.3f} x the token-only "
+                  f"step ({plain['dti_ms']:.1f} ms); peak {r['peak_mb']:.0f} vs {plain['peak_mb']:.0f} MB")
     print(f"total {time.time() - t_all:.0f} s")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))

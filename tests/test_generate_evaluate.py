@@ -243,3 +243,28 @@ def test_bad_inputs_give_one_line(tiny_dir, scorers, refs, tmp_path, capsys):
     _assert_one_line_error(*_run(capsys, "generate", "--model", tmp_path, *tok, "--prompt", "{}", "--out", out, *FAST)[::2],
                            "not a diffusers pipeline")
     assert not out.exists()
+
+
+def test_evaluate_scores_a_lora_run_with_its_lora(tiny_dir, scorers, refs, tmp_path, capsys):
+    """A run trained with --lora-rank is evaluated with its LoRA loaded: other images (and scores)
+    than the same token without it."""
+    import shutil
+
+    from geomkit.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(model=str(tiny_dir("sd")), images=str(refs), placeholder="<my-dog>", init_word="dog", steps=2,
+                      batch_size=2, resolution=32, lora_rank=2, lora_lr=0.05, out=str(run), progress=False))
+    bare = tmp_path / "bare"
+    shutil.copytree(run, bare)
+    (bare / "pytorch_lora_weights.safetensors").unlink()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("#@ both\na {} in the snow\na {} on a table\n")
+    scores = {}
+    for name, folder in (("lora", run), ("bare", bare)):
+        code, _, err = _run(capsys, "evaluate", "--run", folder, "--reference", refs, "--dino", scorers["dinov2"],
+                            "--clip", scorers["clipmodel"], "--prompts", prompts, "--seeds", "0", *FAST)
+        assert code == 0, err
+        scores[name] = json.loads((folder / "eval" / "results.json").read_text())
+    assert scores["lora"]["lora"].endswith("pytorch_lora_weights.safetensors") and scores["bare"]["lora"] is None
+    assert scores["lora"]["image_similarity"] != scores["bare"]["image_similarity"]

@@ -152,7 +152,9 @@ def test_dco_reference_is_the_adapter_off_model(models, images, tmp_path):
 
 # ---- invariants, micro-batches, checkpointing, pivot --------------------------------------------
 def test_dti_invariants_hold_under_joint_training_and_the_token_stops_at_the_pivot(models, images, tmp_path):
-    res = train(config("sdxl", models, images, tmp_path, method="dti", kappa=0.0, steps=4, token_steps=2, loss="dco"))
+    res = train(config("sdxl", models, images, tmp_path, method="dti", kappa=0.0, steps=4, token_steps=2, loss="dco",
+                       validation_prompts=[f"a {TOKEN}"], validation_steps=4, validation_inference_steps=1))
+    assert len(list((tmp_path / "validation").glob("step-000004-*.png"))) == 1  # rendered with the LoRA on
     log = log_of(tmp_path)
     m1, m2 = res["m_star"]
     for ln in log:
@@ -336,3 +338,44 @@ def test_generate_refuses_a_lora_made_for_another_model(models, images, lora_run
                                models["sd"], "--lora", f, "--prompt", "a {}", "--seeds", "0", "--out", out)
         assert_one_line_error(code, err, "made for another model")
         assert not out.exists()
+
+
+def test_readme_lora_commands_work_as_written_on_tiny_pipelines(models, images, tmp_path, capsys, monkeypatch):
+    """The README's "Token + LoRA" commands, with the user's folders swapped for tiny ones and the
+    step counts cut (appended options win in argparse)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("# README: lora-commands", 1)[1].split("```", 1)[0]
+    commands = [c for c in re.sub(r"\\\n\s*", " ", block).splitlines() if c.strip().startswith("geomkit ")]
+    assert len(commands) == 3
+    monkeypatch.chdir(tmp_path)
+    for line in commands:
+        argv = shlex.split(line.split("#")[0] if "#" in line.split("'")[0] else line)[1:]
+        argv = [str(models["sdxl"]) if a == "~/models/sdxl-base" else str(images) if a == "./my-dog" else a for a in argv]
+        if argv[0] == "train":
+            argv += ["--steps", "2", "--resolution", "32"] + (["--token-steps", "1"] if "--token-steps" in argv else [])
+        else:
+            argv += ["--seeds", "0", "--steps", "1", "--resolution", "32", "--no-progress"]
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 0, (line, err)
+    assert (tmp_path / "runs/dog-dco/pytorch_lora_weights.safetensors").is_file()
+    assert (tmp_path / "runs/dog-lora/lora_kohya.safetensors").is_file()
+    assert json.loads((tmp_path / "runs/dog-dco/results.json").read_text())["loss"] == "dco"
+    assert list((tmp_path / "runs/dog-dco-images/images").glob("*.png"))
+
+
+def test_compare_shows_token_and_lora_runs_as_table_8(models, images, lora_run, tmp_path, capsys):
+    import pandas as pd
+
+    dco = tmp_path / "dti-dco"
+    train(config("sd", models, images, dco, steps=2, loss="dco", lora_rank=4, lora_alpha=4.0))
+    code, _, err = run_cli(capsys, "compare", lora_run, dco, "--out", tmp_path / "cmp")
+    assert code == 0, err
+    frame = pd.read_csv(tmp_path / "cmp" / "compare.csv")
+    assert list(frame["lora"]) == ["r2 a2", "r4 a4"] and list(frame["loss"]) == ["mse", "dco"]
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    table8 = md.split("## Table 8 layout", 1)[1].split("##", 1)[0]
+    assert "r2 a2" in table8 and "r4 a4" in table8 and "dco" in table8

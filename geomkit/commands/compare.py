@@ -106,6 +106,13 @@ def short_model(model) -> str:
     return Path(s).name if ("/" in s and Path(s).exists()) or s.startswith((".", "/", "~")) else s
 
 
+def _lora_label(lora) -> str:
+    """'r4 a4' for a run trained with a LoRA (results.json's "lora"), '-' without."""
+    if not isinstance(lora, dict) or not lora.get("rank"):
+        return "-"
+    return f"r{lora['rank']} a{lora.get('alpha', lora['rank']):g}"
+
+
 def table_row(label: str, run: dict, drift_words: list) -> dict:
     r, ev, cfg = run["results"], run["eval"] or {}, run["config"]
     m_star = _num_or_list(r.get("m_star"))
@@ -122,6 +129,8 @@ def table_row(label: str, run: dict, drift_words: list) -> dict:
         "text": ev.get("text_alignment"),
         "text metric": ev.get("text_metric") if ev else None,
         "steps": r.get("steps"),
+        "lora": _lora_label(r.get("lora")),
+        "loss": r.get("loss") or "mse",
         "time (s)": r.get("seconds"),
         "cos to prior": r.get("cos_to_prior"),
         "angle from init (deg)": r.get("angle_from_init_deg"),
@@ -275,13 +284,17 @@ def run(args) -> int:
     frame = pd.DataFrame(rows)
     report.write_csv(out / "compare.csv", frame)
 
-    main_cols = ["run", "method", "model", "m*", "kappa", "final norm", "image", "text", "steps", "time (s)"]
+    with_lora = any(r["lora"] != "-" or r["loss"] != "mse" for r in rows)
+    main_cols = ["run", "method", "model", "m*", "kappa", "final norm"] + (["lora", "loss"] if with_lora else []) + \
+        ["image", "text", "steps", "time (s)"]
     t2 = _table2(rows)
     t3 = _fmt_table(rows, ["run", "method", "m*"] + (["m* spec"] if "m* spec" in rows[0] else []) + ["kappa", "image", "text"])
     drift_cols = ["run", "cos to prior", "angle from init (deg)"] + [f"cos {w}" for w in drift_words]
     md = ["# geomkit compare", "", "## Runs", "", report.markdown_table(_fmt_table(rows, main_cols)), "",
           "## Table 2 layout (image / text per model; mean over runs of a method)", "", report.markdown_table(t2) if t2 else "(no evaluated runs)", "",
           "## Table 3 layout (ablation)", "", report.markdown_table(t3), "",
+          *(["## Table 8 layout (token + LoRA: TI+LoRA vs DTI+LoRA, DCO)", "",
+              report.markdown_table(_fmt_table(rows, ["run", "method", "lora", "loss", "image", "text"])), ""] if with_lora else []),
           "## Semantic drift (Fig. 1b): cosine of the learned direction", "", report.markdown_table(_fmt_table(rows, drift_cols)), ""]
     evaluated = [r for r in rows if r["image"] is not None and r["text"] is not None]
     notes = sorted({run["results"]["note"] for run in runs if run["results"].get("note")})

@@ -187,6 +187,7 @@ def run(args) -> int:
         "image_metric": "dinov2-cls-cosine (mean over generated x reference pairs)",
         "token": token.name,
         "token_files": token.paths,
+        "lora": str(token.lora) if token.lora is not None else None,  # a --run trained with --lora-rank brings its LoRA
         "class_word": class_word,
         "run": str(args.run) if args.run else None,
         "pipeline": str(folder),
