@@ -270,6 +270,7 @@ def test_two_processes_equal_one_with_the_averaged_batch(models, images, tmp_pat
     (["--lora-alpha", "4"], "add --lora-rank"),
     (["--lora-rank", "2", "--token-steps", "9", "--steps", "3"], "--token-steps 9"),
     (["--lora-rank", "2", "--loss", "kl"], "--loss"),
+    (["--lora-rank", "2", "--compile"], "--compile with --lora-rank"),
 ])
 def test_bad_lora_input_is_one_line_and_writes_nothing(models, images, tmp_path, capsys, args, msg):
     out = tmp_path / "o"

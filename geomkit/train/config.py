@@ -184,6 +184,9 @@ def _check_lora(cfg: "TrainConfig") -> None:
         raise GeomkitError(f"--lora-alpha {a}: must be a positive finite number (default: the rank)")
     if cfg.loss not in LOSSES:
         raise GeomkitError(f"--loss {cfg.loss}: choose one of {', '.join(LOSSES)}")
+    if r is not None and cfg.compile:
+        raise GeomkitError("--compile with --lora-rank: a compiled denoiser with a peft adapter trained differently from "
+                           "the eager one in geomkit's check (torch 2.13, inductor on CPU), so it is refused; drop --compile")
     t = cfg.token_steps
     if t is not None and (isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= cfg.steps):
         raise GeomkitError(f"--token-steps {t}: the token trains from step 1 to N, so N must be between 1 and --steps {cfg.steps}")
