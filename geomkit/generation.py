@@ -108,8 +108,11 @@ def run_token(run_dir) -> Token:
     run = Path(run_dir).expanduser()
     results = read_run_results(run)
     name = results.get("placeholder")
-    if (run / RUN_FILES_SDXL).is_file():
-        return read_token_file(run / RUN_FILES_SDXL, name=name)
+    from geomkit.train.exports import sdxl_file
+
+    pair = sdxl_file(run, name)  # named after the token, or the old learned_embeds_sdxl.safetensors
+    if pair is not None:
+        return read_token_file(pair, name=name)
     files = [run / f for f in RUN_FILES if (run / f).is_file()]
     if not files:
         raise GeomkitError(f"run folder {run_dir} has no learned_embeds*.safetensors")

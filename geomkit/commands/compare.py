@@ -257,7 +257,7 @@ def run(args) -> int:
     if len(set(labels)) != len(labels):
         labels = [str(r["dir"]) for r in runs]
     metric = text_metric([table_row(lab, run, []) for lab, run in zip(labels, runs)])
-    out = report.prepare_out(args.out)
+    out = report.prepare_out(args.out, command="compare")
     if args.related:
         related_cosines(runs, args.related)
 

@@ -109,7 +109,7 @@ def run(args) -> int:
 
     check_generation_args(args)
     token, folder, class_word, ref_images, prompt_set, prompts, out_path = resolve_inputs(args)
-    out = report.prepare_out(out_path)
+    out = report.prepare_out(out_path, command="evaluate")
     from geomkit.runlock import acquire
 
     _lock = acquire(out, "evaluate")  # one live run per --out (it resumes there); released when run() returns

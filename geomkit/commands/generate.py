@@ -181,7 +181,7 @@ def run(args) -> int:
     texts = [fill_tokens(p, names) for p in prompts]
     check_token_names(folder, tokens)
 
-    out = report.prepare_out(args.out)
+    out = report.prepare_out(args.out, command="generate")
     from geomkit.runlock import acquire
 
     _lock = acquire(out, "generate")  # one live run per --out (it resumes there); released when run() returns

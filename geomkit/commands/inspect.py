@@ -230,7 +230,7 @@ def run(args) -> int:
     if not args.no_effects:
         prompts = _args.subsample(read_prompts(args.prompts), args.max_prompts, args.seed)
         templates = _args.subsample(read_prompts(args.templates, default=EVAL_PROMPTS, placeholder=True), args.max_templates, args.seed)
-    out = report.prepare_out(args.out)
+    out = report.prepare_out(args.out, command="inspect")
 
     dims = model_dims(args.model)
     if dims is None:
@@ -314,7 +314,7 @@ def run(args) -> int:
             if f in written:  # x.pt and x.safetensors in one folder: keep both
                 f = out / f"{stem}-{src.suffix.lstrip('.') or 'file'}-rescaled.safetensors"
             if set(fixed) == {"clip_l", "clip_g"}:
-                save_sdxl_pair(f, fixed["clip_l"][1], fixed["clip_g"][1])
+                save_sdxl_pair(f, fixed["clip_l"][1], fixed["clip_g"][1], token=ef.name)
             else:
                 save_learned(f, ef.name, next(iter(fixed.values()))[1])
             back = read_embedding(f)

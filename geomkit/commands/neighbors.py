@@ -56,7 +56,7 @@ def run(args) -> int:
     no_duplicates(args.words, "WORD")
     no_duplicates(args.embedding, "--embedding", paths=True)
     no_duplicates(args.related, "--related")
-    out = report.prepare_out(args.out)
+    out = report.prepare_out(args.out, command="neighbors")
     enc = load_encoder(args.model, encoder=args.encoder)
     if args.top_k >= enc.vocab_size:
         raise GeomkitError(f"--top-k {args.top_k}: the vocabulary of {enc.name} has only {enc.vocab_size} tokens")

@@ -115,7 +115,7 @@ def run(args) -> int:
     from geomkit.commands._common import no_duplicates
 
     no_duplicates(args.embedding, "--embedding", paths=True)
-    out = report.prepare_out(args.out)
+    out = report.prepare_out(args.out, command="norms")
     enc = load_encoder(args.model, encoder=args.encoder)
     learned = load_learned_set(args.embedding, d_model=enc.d_model)
     norms = row_norms(enc.embedding_table())

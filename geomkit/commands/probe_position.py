@@ -88,7 +88,7 @@ def run(args) -> int:
         from geomkit.errors import GeomkitError
 
         raise GeomkitError(f"--min-support {args.min_support}: there are only {len(train_p)} training prompts; give at most that")
-    out = report.prepare_out(args.out)
+    out = report.prepare_out(args.out, command="probe-position")
     enc = load(args)
     site, site_why = pos.choose_site(enc, args.site)
     learned = _args.load_learned_set(enc, args.embedding, encoder=args.encoder if enc.pipeline_dir else None)

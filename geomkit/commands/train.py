@@ -18,7 +18,7 @@ Objectives: diffusion (an SD 1.x/2.x, SDXL or SANA pipeline folder and --images)
 default gemma3-270m, and --texts: sentences that use the placeholder).
 
 Outputs in --out: learned_embeds.safetensors (diffusers format; SDXL also learned_embeds_2 and
-learned_embeds_sdxl with clip_l/clip_g), config.json, train_log.jsonl, results.json, checkpoints/.
+a clip_l/clip_g file named after the token, e.g. my-dog.safetensors), config.json, train_log.jsonl, results.json, checkpoints/.
 Several processes: torchrun --nproc_per_node N -m geomkit train ..., or accelerate launch --multi_gpu
 --num_processes N -m geomkit train ... (--multi_gpu also on a CPU-only machine; the batch is per process).
 
