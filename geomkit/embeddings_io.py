@@ -445,17 +445,23 @@ def convert_tensors(files: Sequence[EmbeddingFile], to: str, token: Optional[str
     return {token or ef.name: vec}
 
 
-def write_converted(out, tensors: dict) -> EmbeddingFile:
+def write_converted(out, tensors: dict, token: Optional[str] = None) -> EmbeddingFile:
     """Write `tensors` as safetensors (atomically) and read the file back through `read_embedding`,
-    checking every tensor came back bit-identical. Returns what was read back."""
+    checking every tensor came back bit-identical. Returns what was read back. `token` goes into
+    the header's metadata (the SDXL pair's name)."""
     import torch
 
-    from geomkit.report import save_tensors
+    from geomkit.report import check_out_path, save_tensors
 
     out = Path(out)
     if out.suffix.lower() != ".safetensors":
         raise GeomkitError(f"--out {out}: converted files are safetensors; name it *.safetensors")
-    save_tensors(out, {k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()})
+    check_out_path(out, "--out", kind="file")
+    try:
+        save_tensors(out, {k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()},
+                     metadata={"token": token} if token else None)
+    except OSError as exc:
+        raise GeomkitError(f"--out {out}: cannot be written ({exc.strerror or exc}); nothing was written") from None
     back = read_tensors(out)
     if set(back) != set(tensors) or not all(torch.equal(back[k], tensors[k].to(torch.float32)) for k in tensors):
         raise GeomkitError(f"{out}: the written file does not read back identical; disk full or a failing disk?")

@@ -275,7 +275,7 @@ def out_file(text: str) -> str:
     try:
         check_out_path(text, "", kind="file")
     except GeomkitError as exc:
-        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1].strip()) from None
+        raise argparse.ArgumentTypeError(str(exc).strip()) from None
     return text
 
 

@@ -38,15 +38,38 @@ def add_arguments(p):
     p.add_argument("--fix", choices=("rescale",), default=None, help="rescale: also write and inspect a copy rescaled to m*")
     p.add_argument("--probe-dir", default=None, type=existing_dir, metavar="DIR",
                    help="a saved position probe (from `geomkit probe-position`) instead of a quick one")
-    p.add_argument("--word", default="dog", type=nonempty("word"),
+    p.add_argument("--word", default=None, type=nonempty("word"),
                    help="vocabulary word the residual angle is compared with, and whose place the token takes (default dog)")
     p.add_argument("--prompts", default=None, type=existing_file, metavar="FILE", help="prompts for the quick position probe (default: the packaged set)")
     p.add_argument("--templates", default=None, type=existing_file, metavar="FILE",
                    help="templates with one {} for the residual angles (default: the packaged set)")
-    p.add_argument("--max-prompts", type=positive_int, default=300, metavar="N", help="prompts used by the quick position probe (default 300)")
-    p.add_argument("--max-templates", type=positive_int, default=24, metavar="N", help="templates used for the residual angles (default 24)")
-    p.add_argument("--no-effects", action="store_true", help="skip the position and residual measurements (norms and neighbours only)")
+    p.add_argument("--max-prompts", type=positive_int, default=None, metavar="N", help=f"prompts used by the quick position probe (default {MAX_PROMPTS})")
+    p.add_argument("--max-templates", type=positive_int, default=None, metavar="N", help=f"templates used for the residual angles (default {MAX_TEMPLATES})")
+    p.add_argument("--no-effects", action="store_true",
+                   help="skip the position and residual measurements (norms and neighbours only); the options of those "
+                        "measurements (--word, --probe-dir, --prompts, --templates, --max-*) are refused with it")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the quick probe's prompts and training (default 0)")
+
+
+WORD, MAX_PROMPTS, MAX_TEMPLATES = "dog", 300, 24
+EFFECT_OPTIONS = ("word", "probe_dir", "prompts", "templates", "max_prompts", "max_templates")
+
+
+def check_options(args) -> None:
+    """The measurement options mean nothing under --no-effects: refuse them rather than ignore them;
+    then fill in their defaults. A file given twice would be reported twice under one name."""
+    from geomkit.commands._common import no_duplicates
+    from geomkit.errors import GeomkitError
+
+    no_duplicates(args.files, "FILE", paths=True)
+    if args.no_effects:
+        given = [f"--{k.replace('_', '-')}" for k in EFFECT_OPTIONS if getattr(args, k) is not None]
+        if given:
+            raise GeomkitError(f"{', '.join(given)} with --no-effects: {'it sets' if len(given) == 1 else 'they set'} the position and "
+                               f"residual measurements, which --no-effects skips; drop {'it' if len(given) == 1 else 'them'} or --no-effects")
+    args.word = args.word or WORD
+    args.max_prompts = args.max_prompts or MAX_PROMPTS
+    args.max_templates = args.max_templates or MAX_TEMPLATES
 
 
 # ---- planning ----------------------------------------------------------------------------------
@@ -225,6 +248,7 @@ def run(args) -> int:
     from geomkit.probes import _args
     from geomkit.probes.prompts import EVAL_PROMPTS, read_prompts
 
+    check_options(args)
     files = [read_embedding(f) for f in args.files]  # every file checked before any model loads
     prompts = templates = None
     if not args.no_effects:

@@ -101,6 +101,9 @@ def run(args) -> int:
     if all(a[k].shape == b[k].shape and bool((a[k] == b[k]).all()) for k in a):
         raise GeomkitError(f"A ({args.a}) and B ({args.b}) hold the same vectors: every interpolant would equal them; give two different tokens")
 
+    from geomkit.interpolation import check_not_opposite
+
+    check_not_opposite(a, b)
     out = report.prepare_out(args.out, command="interpolate")
     mixes = interpolate(a, b, ratios, args.mode)
     info = describe(a, b, mixes)
