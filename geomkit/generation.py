@@ -131,18 +131,12 @@ def pipeline_dir(spec) -> Path:
 
     if spec in ALIASES:
         raise GeomkitError(f"--model {spec} is a text model, not a diffusion pipeline; give a diffusers pipeline folder")
-    from geomkit.models import read_config
-
     folder = resolve_spec(str(spec), progress=False)
     if not (folder / "model_index.json").is_file():
         raise GeomkitError(f"--model {spec}: not a diffusers pipeline folder (no model_index.json)")
-    index = read_config(folder / "model_index.json", str(spec))
-    missing = [k for k, v in index.items()
-               if not k.startswith("_") and k != "safety_checker" and isinstance(v, (list, tuple)) and len(v) == 2
-               and v[0] is not None and v[1] is not None and not (folder / k).is_dir()]
-    if missing:
-        raise GeomkitError(f"--model {spec}: the pipeline folder lacks the component folder(s) {', '.join(missing)}/ that "
-                           "model_index.json lists; copy the whole pipeline")
+    from geomkit.models import check_pipeline_folder
+
+    check_pipeline_folder(folder, spec)  # the one check, shared with train
     return folder
 
 

@@ -324,6 +324,46 @@ def read_config(path: Path, spec: str) -> dict:
     return data
 
 
+def _weights_header_problem(f: Path) -> Optional[str]:
+    """Why a safetensors weights file's header is unreadable (cheap: the header only), or None."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(f), framework="pt") as fh:
+            fh.keys()
+    except Exception as exc:  # safetensors' own error types
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    return None
+
+
+def check_pipeline_folder(folder, spec=None) -> dict:
+    """The one check of a diffusers pipeline folder, used by `train` and by every command that
+    loads one, before anything loads: model_index.json readable, every component folder it lists
+    present, each component's config JSON readable, each safetensors weights file's header
+    readable. Returns model_index.json's content; a one-line GeomkitError naming the file."""
+    folder = Path(folder)
+    spec = str(spec if spec is not None else folder)
+    index = read_config(folder / "model_index.json", spec)
+    parts = [k for k, v in index.items()
+             if not k.startswith("_") and k != "safety_checker" and isinstance(v, (list, tuple)) and len(v) == 2
+             and v[0] is not None and v[1] is not None]
+    missing = [k for k in parts if not (folder / k).is_dir()]
+    if missing:
+        raise GeomkitError(f"--model {spec}: the pipeline folder lacks the component folder(s) {', '.join(missing)}/ that "
+                           "model_index.json lists; copy the whole pipeline")
+    for k in parts:
+        sub = folder / k
+        for name in ("config.json", "scheduler_config.json", "preprocessor_config.json"):
+            if (sub / name).is_file():
+                read_config(sub / name, spec)
+        for f in sorted(sub.glob("*.safetensors")):
+            why = _weights_header_problem(f)
+            if why:
+                raise GeomkitError(f"--model {spec}: {f} is not a readable safetensors file ({why}); the pipeline folder "
+                                   "is damaged: copy it again")
+    return index
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
                    "sentencepiece.bpe.model", "merges.txt")
 
@@ -339,7 +379,7 @@ def check_tokenizer_dir(tok_dir: Path, spec: str) -> None:
 
 
 def _pipeline_parts(folder: Path, encoder: int) -> tuple[Path, Path, str]:
-    index = read_config(folder / "model_index.json", str(folder))
+    index = check_pipeline_folder(folder)
     sub = "text_encoder" if encoder == 1 else f"text_encoder_{encoder}"
     tok = "tokenizer" if encoder == 1 else f"tokenizer_{encoder}"
     if sub not in index or index.get(sub) in (None, [None, None]):
@@ -353,9 +393,11 @@ def _pipeline_parts(folder: Path, encoder: int) -> tuple[Path, Path, str]:
 def _model_class(config: dict):
     import transformers
 
-    for arch in config.get("architectures") or []:
-        cls = getattr(transformers, arch, None)
-        if cls is not None:
+    archs = config.get("architectures")
+    for arch in archs if isinstance(archs, list) else []:
+        cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
+        # only a model class: "architectures" naming a tokenizer or processor would load that instead
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
             return cls
     return transformers.AutoModel
 
@@ -408,14 +450,25 @@ def load_encoder(spec: str = DEFAULT_MODEL, *, encoder: int = 1, dtype=None, pro
         model = cls.from_pretrained(model_dir, dtype=dtype or torch.float32)
     except Exception as exc:  # missing or damaged weights, a config that does not fit them, ...
         raise GeomkitError(f"--model {spec}: could not load from {model_dir}: {_first_line(exc)}") from None
+    if not hasattr(model, "eval") or not hasattr(model, "get_input_embeddings"):
+        raise GeomkitError(f"--model {spec}: {cfg_file} does not describe a model ({type(model).__name__} loaded)")
     model.eval().requires_grad_(False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     base = spec if spec in ALIASES else (hf_cache_repo_id(folder) or folder.name)
     name = f"{base}/{subfolder}" if subfolder and spec not in ALIASES else base
     enc = Encoder(model, tokenizer, fam, name, source=str(model_dir), pipeline_dir=pipeline_dir, subfolder=subfolder)
-    if enc.embedding_module() is None or enc.blocks is None:
+    try:
+        layout_ok = enc.embedding_module() is not None and enc.blocks is not None
+    except Exception:  # a module path of the family that this model lacks
+        layout_ok = False
+    if not layout_ok or not hasattr(enc.embedding_module(), "weight"):
         raise GeomkitError(f"--model {spec}: {model_type} model has an unexpected layout ({type(model).__name__})")
+    if enc.n_blocks == 0:
+        raise GeomkitError(f"--model {spec}: the model has no layers ({model_dir / 'config.json'} sets 0 blocks); "
+                           "give a trained model folder")
+    if enc.vocab_size == 0 or enc.d_model == 0:
+        raise GeomkitError(f"--model {spec}: the model's embedding table is empty ({enc.vocab_size} x {enc.d_model})")
     _CACHE[key] = enc
     return enc
 

@@ -171,7 +171,7 @@ CASES = [
     (["norms", "--model", "TEXT_ENCODER"], "no tokenizer files"),
     (["neighbors", "apple", "--model", "BADWEIGHTS"], "could not load"),
     (["generate", "--model", "BARE_SD", "--prompt", "x", *FAST], "lacks the component"),
-    (["generate", "--model", "SD_BROKEN_UNET", "--embedding", "EMB", "--prompt", "a photo of {}", *FAST], "cannot load"),
+    (["generate", "--model", "SD_BROKEN_UNET", "--embedding", "EMB", "--prompt", "a photo of {}", *FAST], "not a readable safetensors file"),
     (["train", "--model", "BARE_SD", "--images", "REFS", "--placeholder", "<t>", "--init-word", "dog"], "lacks the component"),
     (["evaluate", "--model", "BARE_SD", "--embedding", "EMB", "--class-word", "dog", "--reference", "REFS",
       "--dino", "DINOV2", "--siglip", "SIGLIP"], "lacks the component"),

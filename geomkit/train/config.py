@@ -169,6 +169,10 @@ def check_model(spec: str) -> None:
     if spec in ALIASES:
         return
     folder = resolve_spec(spec, progress=False)
+    if (folder / "model_index.json").is_file():
+        from geomkit.models import check_pipeline_folder
+
+        check_pipeline_folder(folder, spec)  # the one pipeline-folder check every command uses
     if not (folder / "model_index.json").is_file() and not (folder / "config.json").is_file():
         raise GeomkitError(f"--model {spec}: not a model folder (it has neither model_index.json, a diffusers pipeline, "
                            "nor config.json, a transformers model)")
