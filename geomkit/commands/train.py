@@ -152,11 +152,14 @@ def _saved_settings(out: str, spec) -> tuple:
             return None
         return data if isinstance(data, dict) else None
 
+    from geomkit.train import resume_check
+
     if spec not in (None, "", "latest"):
         js = checkpoint.find(out, spec)  # a checkpoint named by the user: its own error if it is not one
-        return (read(js) or {}).get("config"), js
+        saved = (read(js) or {}).get("config")
+        return (resume_check.check_saved_config(saved, js) if saved is not None else None), js
     cfg_file = Path(out).expanduser() / "config.json"
-    saved = read(cfg_file)
+    saved = resume_check.read_saved_config(cfg_file)  # damaged: blamed on the file and field, not on an option
     if saved is not None:
         described = saved.get("objective")
         if isinstance(described, dict):  # config.json records the objective's description, with its kind
@@ -168,7 +171,7 @@ def _saved_settings(out: str, spec) -> tuple:
     for _step, js in reversed(checkpoint.complete(Path(out).expanduser() / "checkpoints")):
         meta = read(js)
         if meta and isinstance(meta.get("config"), dict):
-            return meta["config"], js
+            return resume_check.check_saved_config(meta["config"], js), js
     return None, None
 
 

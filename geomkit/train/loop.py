@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from geomkit.errors import GeomkitError
-from geomkit.train import checkpoint, data, objectives
+from geomkit.train import checkpoint, data, objectives, resume_check
 from geomkit.train.config import TrainConfig, absolute_paths, check, check_objective_options, same_setting
 
 STRICT_RESUME = (
@@ -529,8 +529,10 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
     if cfg.resume == "latest" and not checkpoint.complete(ckpt_dir):  # stopped before its first checkpoint
         _say(f"no checkpoint in {ckpt_dir} yet (the run stopped before its first one): starting from step 0")
     elif cfg.resume is not None:
-        js = checkpoint.find(out, cfg.resume, warn=_say)
+        js = resume_check.find(out, cfg.resume, _say)  # damaged checkpoints skipped: one line
         resume_meta, resume_tensors = checkpoint.load(js)
+        resume_check.check_owner(out, js, resume_meta.get("config"), resume_check.read_saved_config(out / "config.json"))
+        resume_check.check_steps(int(resume_meta["step"]), cfg.steps)
         _resume_check(cfg, resume_meta.get("config", {}), True)
     elif checkpoint.complete(ckpt_dir):
         raise GeomkitError(f"--out {out} already holds a training run (checkpoints/); add --resume to continue it, or choose another --out")
