@@ -40,7 +40,7 @@ EXAMPLES = """examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from geomkit.commands._common import existing_dir
+    from geomkit.commands._common import existing_dir, nonempty
     from geomkit.train.config import METHODS, PRECISIONS, SCHEDULES, TrainConfig
 
     d = TrainConfig()
@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--templates", default=d.templates, metavar="object|style|FILE",
                    help="diffusion prompt templates: the diffusers TI object or style lists, or a file with {} (default: object)")
     g.add_argument("--flip-p", type=float, default=d.flip_p, metavar="P", help="diffusion: horizontal flip probability (default: 0.5)")
-    g.add_argument("--validation-prompt", action="append", default=[], metavar="TEXT", dest="validation_prompts",
+    g.add_argument("--validation-prompt", action="append", default=[], metavar="TEXT", dest="validation_prompts", type=nonempty("validation prompt"),
                    help="diffusion: prompt to render during training (repeatable)")
     g.add_argument("--validation-steps", type=int, default=d.validation_steps, metavar="N", help="render every N steps (default: 100)")
     g.add_argument("--validation-images", type=int, default=d.validation_images, metavar="N", help="images per prompt (default: 1)")
@@ -104,6 +104,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="words to measure drift against: comma list, a file, or a shipped concept name (glimmerfox)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present; ignored under accelerate launch)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--report-to", choices=("tensorboard", "wandb"), default=None, dest="report_to",
+                   help="also log loss, norm, angle, lr and validation images to TensorBoard (OUT/logs) or wandb (offline, OUT/wandb)")
     _track_given(p)
 
 

@@ -68,6 +68,7 @@ class TrainConfig:
     micro_batch_size: Optional[object] = None  # None: the batch size; an int dividing it; or "auto" (CUDA)
     gradient_checkpointing: bool = False
     compile: bool = False
+    report_to: Optional[str] = None  # tensorboard | wandb (geomkit.train.tracking)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -227,6 +228,9 @@ def check(cfg: TrainConfig) -> TrainConfig:
         cfg.device = None
     check_device(cfg.device)
     check_model(cfg.model)
+    from geomkit.train.tracking import check_tracker
+
+    cfg.report_to = check_tracker(cfg.report_to)
     return cfg
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from geomkit.errors import GeomkitError
-from geomkit.train import checkpoint, data, objectives, resume_check
+from geomkit.train import checkpoint, data, header, objectives, resume_check, tracking
 from geomkit.train.config import TrainConfig, absolute_paths, check, check_objective_options, same_setting
 
 STRICT_RESUME = (
@@ -575,6 +575,7 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
     }
     if dist.main:
         write_json(out / "config.json", dict(cfg.to_dict(), **run_info))
+    tracker = tracking.Tracker(cfg.report_to if dist.main else None, out, cfg.to_dict())  # --report-to; a no-op without it
 
     def save(step: int) -> Path:
         nonlocal last_saved
@@ -599,6 +600,8 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
 
     from tqdm.auto import tqdm
 
+    for line in header.from_session(cfg, obj, slots, sess, dist, start):  # what is about to run, before the bar
+        _say(line, cfg.progress and dist.main)
     bar = tqdm(total=cfg.steps, initial=min(start, cfg.steps), desc=f"train {cfg.method}", unit="step",
                disable=not (cfg.progress and dist.main), dynamic_ncols=True)
     t_start = time.perf_counter()
@@ -614,6 +617,7 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
             except NonFinite as bad:
                 _stop(step, bad.value, bad.what, save, last_saved, log, out, dist)
             log.append(line)
+            tracker.log(step, line)
             bar.update(1)
             bar.set_postfix(loss=f"{log[-1]['loss']:.4f}", norm=f"{log[-1]['norm']:.4f}", refresh=False)
             dt = time.perf_counter() - t0  # the whole step: batch, forward, backward, update, metrics
@@ -629,7 +633,7 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
                 last_flush = time.perf_counter()
             if cfg.validation_steps and cfg.validation_prompts and step % cfg.validation_steps == 0 and dist.main:
                 with autocast():
-                    obj.validate(slots, step, out)
+                    tracker.images(step, obj.validate(slots, step, out))
             if dist.any(sig.signum is not None):  # SIGTERM / Ctrl-C: keep this step, then stop
                 signum = sig.signum or signal.SIGTERM
                 path = save(step) if last_saved != step else sig.step[1]
@@ -638,6 +642,7 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
     finally:
         sig.deferring = False
         bar.close()
+        tracker.close()
         if dist.main and log:
             try:
                 _write_log(out, log)
