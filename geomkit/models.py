@@ -120,6 +120,20 @@ class Encoder:
     def token_str(self, token_id: int) -> str:
         return readable_token(self.tokenizer.convert_ids_to_tokens(int(token_id)))
 
+    def token_text(self, token_id: int) -> str:
+        """The token as a reader sees it: decoded from the tokenizer's internal spelling (byte-level
+        BPE's Ġ and mojibake, CLIP's </w>, SentencePiece's ▁ and <0xNN>), surrounding spaces dropped;
+        bytes that are only part of a character shown as \\xNN. For tables; token_str is the raw piece."""
+        raw = self.tokenizer.convert_ids_to_tokens(int(token_id))
+        try:
+            text = self.tokenizer.decode([int(token_id)], clean_up_tokenization_spaces=False)
+        except Exception:  # a tokenizer that cannot decode one id
+            text = raw or ""
+        if "\ufffd" in text and raw and "\ufffd" not in raw:
+            text = byte_level_text(raw)
+        shown = text.strip()
+        return readable_token(shown) if shown else readable_token(raw)
+
     def pieces(self, word: str) -> list[int]:
         return list(self.tokenizer(word, add_special_tokens=False)["input_ids"])
 
@@ -246,6 +260,28 @@ def readable_token(tok: Optional[str]) -> str:
         else:
             out.append(f"U+{ord(ch):04X}")
     return "".join(out)
+
+
+def _byte_level_table() -> dict:
+    """GPT-2's byte-to-printable-character map (CLIP, GPT-2, Whisper, RoBERTa), inverted."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def byte_level_text(raw: str) -> str:
+    """A byte-level BPE piece as text: its bytes decoded as UTF-8, a byte that is only part of a
+    character shown as \\xNN (so no mojibake and no replacement character)."""
+    table = _byte_level_table()
+    piece = raw[:-4] if raw.endswith("</w>") else raw
+    if not piece or any(ch not in table for ch in piece):
+        return raw
+    return bytes(table[ch] for ch in piece).decode("utf-8", "backslashreplace")
 
 
 # ---- resolving specs -------------------------------------------------------------------------

@@ -191,6 +191,17 @@ def remove_created_if_empty(mark: int = 0) -> None:
             pass
 
 
+def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it"):
+    """A progress bar on stderr for a long phase, saying what is happening (`desc`); it clears
+    itself when the phase ends. GEOMKIT_PROGRESS=0 turns every bar off."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    off = os.environ.get("GEOMKIT_PROGRESS", "1").strip().lower() in ("0", "no", "off", "false")
+    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=off, file=sys.stderr)
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -201,9 +201,9 @@ def markdown(results: dict, notes: list) -> str:
         rows = [
             {
                 "rank": i + 1,
-                "cosine": t["cosine_neighbors"][i]["token"] if i < len(t["cosine_neighbors"]) else "",
+                "cosine": t["cosine_neighbors"][i].get("text", t["cosine_neighbors"][i]["token"]) if i < len(t["cosine_neighbors"]) else "",
                 "cos": t["cosine_neighbors"][i]["score"] if i < len(t["cosine_neighbors"]) else None,
-                "euclidean": t["euclidean_neighbors"][i]["token"] if i < len(t["euclidean_neighbors"]) else "",
+                "euclidean": t["euclidean_neighbors"][i].get("text", t["euclidean_neighbors"][i]["token"]) if i < len(t["euclidean_neighbors"]) else "",
                 "dist": t["euclidean_neighbors"][i]["score"] if i < len(t["euclidean_neighbors"]) else None,
             }
             for i in range(k)
@@ -281,7 +281,7 @@ def run(args) -> int:
 
     def rows_for(name, vectors, file, i, fixed=None):
         enc, vn, pos_s, res_s = encoder_state(i)
-        nbs = ins.neighbours(enc.embedding_table(), vectors, enc.token_str, k=args.top_k)
+        nbs = ins.neighbours(enc.embedding_table(), vectors, enc.token_str, k=args.top_k, token_text=enc.token_text)
         rows = []
         for k, v in enumerate(vectors):
             label = (name if len(vectors) == 1 else f"{name}[{k}]") + (" (rescaled)" if fixed else "")
@@ -314,7 +314,10 @@ def run(args) -> int:
 
     shown = dict(zip(map(id, files), distinct_names([f.path for f in files], [f.name for f in files])))
     tokens = []
-    for ef, label, i in plan:
+    bar = report.progress(plan, desc="inspecting" if args.no_effects else "inspecting (norms, neighbours, position, residual angles)",
+                          unit="part")
+    for ef, label, i in bar:
+        bar.set_postfix_str(f"{shown[id(ef)]} on encoder {i}", refresh=True)
         tokens += rows_for(shown[id(ef)], ef.parts[label], ef.path, i)
 
     written, skipped = [], []
@@ -396,8 +399,8 @@ def run(args) -> int:
     table = summary_rows(tokens)
     print(report.table_text(table, "{:.3f}"))
     for t in tokens:
-        cos = ", ".join(f"{nb['token']} {nb['score']:.2f}" for nb in t["cosine_neighbors"][:5])
-        euc = ", ".join(f"{nb['token']} {nb['score']:.2f}" for nb in t["euclidean_neighbors"][:5])
+        cos = ", ".join(f"{nb.get('text', nb['token'])} {nb['score']:.2f}" for nb in t["cosine_neighbors"][:5])
+        euc = ", ".join(f"{nb.get('text', nb['token'])} {nb['score']:.2f}" for nb in t["euclidean_neighbors"][:5])
         print(f"\n{t['token']} (encoder {t['encoder']}):")
         print(f"  cosine neighbours:    {cos}")
         print(f"  euclidean neighbours: {euc}")

@@ -85,9 +85,10 @@ def run(args) -> int:
                 {
                     "query": label,
                     "rank": rank + 1,
-                    "euclidean": entry["euclidean"][rank]["token"],
+                    # decoded for people (CLIP's </w>, byte-level BPE's Ġ and mojibake); results.json keeps the raw pieces
+                    "euclidean": enc.token_text(e.ids[rank]),
                     "distance": entry["euclidean"][rank]["score"],
-                    "cosine": entry["cosine"][rank]["token"],
+                    "cosine": enc.token_text(c.ids[rank]),
                     "similarity": entry["cosine"][rank]["score"],
                 }
             )
@@ -95,7 +96,7 @@ def run(args) -> int:
     report.write_json(out / "results.json", results)
     print(f"model: {enc.name}   vocabulary: {enc.vocab_size} x {enc.d_model}")
     for label, entry in results["queries"].items():
-        print(f"\n{label!r} (token {entry['token']!r}, norm {entry['norm']:.4f})")
+        print(f"\n{label!r} (token {entry['token']!r}, norm {entry['norm']:.4f})")  # the query's raw piece: what the model sees
         print(report.table_text([{k: v for k, v in r.items() if k != "query"} for r in rows if r["query"] == label]))
         if "related_cosine" in entry:
             print("cosine to related words: " + ", ".join(f"{w} {s:.3f}" for w, s in entry["related_cosine"].items()))

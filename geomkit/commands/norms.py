@@ -144,7 +144,7 @@ def run(args) -> int:
     print(report.table_text([{k: stats[k] for k in ("mean", "median", "std", "min", "max")}]))
     for side in ("largest", "smallest"):
         print(f"\n{side} norms:")
-        print(report.table_text(extremes[side]))
+        print(report.table_text([{"token": enc.token_text(e["id"]), "id": e["id"], "norm": e["norm"]} for e in extremes[side]]))
     if specials:
         print("\nspecial tokens: " + ", ".join(f"{t} {n:.4f}" for t, n in specials.items()))
     if embeddings:
