@@ -175,10 +175,19 @@ def _weights_problem(f: Path) -> Optional[str]:
 
     import torch
 
-    try:
+    def load(mmap: bool):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.load(str(f), weights_only=True, map_location="cpu", mmap=True)
+            with open(f, "rb") as fh:  # a file object: torch never guesses the format from the name
+                return torch.load(fh if not mmap else str(f), weights_only=True, map_location="cpu", mmap=mmap)
+
+    try:
+        try:
+            load(True)  # a zip archive: the tensors stay on disk
+        except (RuntimeError, ValueError) as exc:
+            if "mmap" not in str(exc):
+                raise
+            load(False)  # a legacy pickle cannot be mapped: read it (still through the restricted unpickler)
     except pickle.UnpicklingError:
         return (f"{f.name} is a pickle that holds Python objects besides tensors, which the safe loader refuses (nothing in it "
                 "was run); use the model's model.safetensors instead")

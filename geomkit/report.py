@@ -215,9 +215,13 @@ def atomic_path(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a result file gets the usual permissions
+    mode = 0o666 & ~_umask()
+    os.chmod(tmp, mode)  # mkstemp makes it 0600; a result file gets the usual permissions
     try:
         yield Path(tmp)
+        # again after writing: some writers replace the file rather than fill it (safetensors' save_file
+        # creates it anew, 0600), and a file other tools cannot read is no use to them
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
