@@ -31,7 +31,7 @@ def query_table(enc, words, embedding_files=(), k=10):
     queries = {}
     for word in words:
         tid = enc.token_id(word)
-        queries[word] = {"token": enc.token_str(tid), "vector": table[tid], "exclude": [tid]}
+        queries[word] = {"token": enc.token_str(tid), "text": enc.token_text(tid), "vector": table[tid], "exclude": [tid]}
     for name, vectors in load_learned_set(embedding_files, d_model=enc.d_model).items():
         for j, vec in enumerate(vectors):
             label = name if len(vectors) == 1 else f"{name}[{j}]"
@@ -96,7 +96,7 @@ def run(args) -> int:
     report.write_json(out / "results.json", results)
     print(f"model: {enc.name}   vocabulary: {enc.vocab_size} x {enc.d_model}")
     for label, entry in results["queries"].items():
-        print(f"\n{label!r} (token {entry['token']!r}, norm {entry['norm']:.4f})")  # the query's raw piece: what the model sees
+        print(f"\n{label!r} (token {queries[label].get('text', entry['token'])!r}, norm {entry['norm']:.4f})")
         print(report.table_text([{k: v for k, v in r.items() if k != "query"} for r in rows if r["query"] == label]))
         if "related_cosine" in entry:
             print("cosine to related words: " + ", ".join(f"{w} {s:.3f}" for w, s in entry["related_cosine"].items()))
