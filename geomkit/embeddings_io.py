@@ -263,6 +263,10 @@ def parse_layout(obj: dict, path, name: Optional[str] = None) -> EmbeddingFile:
     keys = list(obj)
     shown = ", ".join(map(str, keys[:6])) + (", ..." if len(keys) > 6 else "")
     if set(SDXL_KEYS) <= set(keys) and all(_is_tensor(obj[k]) for k in SDXL_KEYS):
+        counts = {k: obj[k].shape[0] if obj[k].ndim == 2 else 1 for k in SDXL_KEYS}
+        if counts["clip_l"] != counts["clip_g"]:
+            raise GeomkitError(f"{path}: SDXL file whose clip_l holds {counts['clip_l']} vector(s) and clip_g {counts['clip_g']}: "
+                               "the two parts of one token have the same count; the file is damaged")
         return EmbeddingFile(
             name=name or p.stem,
             parts={k: check_vectors(obj[k], p, k) for k in SDXL_KEYS},
@@ -270,6 +274,11 @@ def parse_layout(obj: dict, path, name: Optional[str] = None) -> EmbeddingFile:
             path=str(p),
             layout="sdxl",
         )
+    half = [k for k in SDXL_KEYS if k in keys]
+    if len(half) == 1 and len(keys) == 1:
+        missing = next(k for k in SDXL_KEYS if k not in half)
+        raise GeomkitError(f"{path}: holds only {half[0]} of an SDXL clip_l/clip_g pair ({missing} is missing): not a "
+                           f"token of its own; give the whole pair, or convert it (geomkit convert ... --to sdxl)")
     hint = {p.name: 2} if p.stem.endswith("_2") or "_2-" in p.stem else {}
     if "string_to_param" in obj:
         params = obj["string_to_param"]

@@ -530,6 +530,17 @@ def load_tokenizers(spec: str) -> list:
     return out
 
 
+def invisible_char(text: str) -> Optional[str]:
+    """The first control or formatting character in `text` (NUL, a right-to-left override, a
+    zero-width joiner, ...) as U+XXXX, or None: a token name holding one cannot be typed."""
+    import unicodedata
+
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            return f"U+{ord(ch):04X}"
+    return None
+
+
 def check_new_token(name: str, tokenizers, option: str = "--token") -> None:
     """A learned token's name must be new to every tokenizer (diffusers' load_textual_inversion
     refuses a name already in the vocabulary, and a vocabulary word would be the word, not the token)."""
@@ -537,6 +548,10 @@ def check_new_token(name: str, tokenizers, option: str = "--token") -> None:
         raise GeomkitError(f"{option}: empty token name; give a new name such as <my-token>")
     if name != name.strip() or any(ch.isspace() for ch in name):
         raise GeomkitError(f"{option} {name!r}: a token name cannot hold spaces; give a name such as <my-token>")
+    invisible = invisible_char(name)
+    if invisible:
+        raise GeomkitError(f"{option} {name!r}: holds the invisible character {invisible}, which no prompt can be typed with; "
+                           "give a name such as <my-token>")
     for tok in tokenizers:
         if name in tok.get_vocab():
             raise GeomkitError(f"{option} {name!r} is already a token of the model's vocabulary; give a new name such as <{name}-learned>")

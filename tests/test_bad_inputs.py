@@ -208,6 +208,12 @@ def _issue19_world(w, root, tiny_dir, v):
     (other / "norms.csv").write_text("id,token,norm\n")
     (other / "results.json").write_text("{}")
     w["NORMS_RUN"] = str(other)
+    from safetensors.torch import save_file
+
+    save_file({"clip_l": torch.randn(1, 32)}, str(root / "sdxl-half.safetensors"))
+    w["SDXL_HALF"] = str(root / "sdxl-half.safetensors")
+    save_file({"clip_l": torch.randn(2, 32), "clip_g": torch.randn(1, 48)}, str(root / "sdxl-count.safetensors"))
+    w["SDXL_COUNT"] = str(root / "sdxl-count.safetensors")
     w["LONG"] = str(root / ("x" * 300))
     w["PROC"] = "/proc/geomkit-nowhere/out"
     w["PROC_FILE"] = "/proc/geomkit-nowhere/out.safetensors"
@@ -377,11 +383,17 @@ CASES += [
     (["generate", "--model", "SD", "--embedding", "EMB", "EMB_SAME_NAME", "--prompt", "a {}", *FAST], "both carry the token"),
     (["generate", "--model", "SD", "--embedding", "EMB", "--prompt", "a photo", *FAST], "neither a '{}' slot"),
     (["train", "--model", "SD", *TRAIN[1:], "--validation-prompt", ""], "empty validation prompt"),
+    (["convert", "EMB", "--to", "diffusers", "--token", "\u202edog", "--out", "OUT.safetensors"], "invisible character"),
+    ([*INTERP, "--token", "<a\x00>"], "invisible character"),
+    # found by the sweep: half an SDXL pair read as a token named clip_l; a pair whose parts differ in count
+    (["norms", "--embedding", "SDXL_HALF", "--model", "CLIP"], "holds only clip_l"),
+    (["inspect", "SDXL_COUNT", "--model", "CLIP"], "same count"),
     # 10. antipodal tokens
     (["interpolate", "EMB", "EMB_NEG"], "opposite directions"),
     (["interpolate", "EMB", "EMB_NEG", "--mode", "lerp"], "opposite directions"),
     # runs of different kinds do not mix in one folder
     (["neighbors", "apple", "--model", "CLIP", "--out", "NORMS_RUN"], "holds the output of `geomkit norms`"),
+    (["train", "--model", "SD", *TRAIN[1:], "--out", "NORMS_RUN"], "holds the output of `geomkit norms`"),  # overwrote its results.json
 ]
 if not torch.cuda.is_available():
     CASES += [

@@ -40,6 +40,11 @@ def token_name(text: str) -> str:
         raise argparse.ArgumentTypeError("empty token name; give a name such as <my-token>")
     if any(ch.isspace() for ch in text):
         raise argparse.ArgumentTypeError(f"{text!r}: a token name cannot hold spaces (a prompt would split it); e.g. <my-token>")
+    from geomkit.models import invisible_char
+
+    if invisible_char(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: holds the invisible character {invisible_char(text)}, which no prompt can be "
+                                         "typed with; e.g. <my-token>")
     return text
 
 

@@ -501,7 +501,7 @@ def train(cfg: TrainConfig, given=()) -> dict:
     cfg.objective = objectives.detect(cfg)
     check_objective_options(cfg, given)
     mark = report.created_mark()
-    out = report.prepare_out(cfg.out)
+    out = report.prepare_out(cfg.out, command="train")  # a folder of another kind of run is refused
     lock = runlock.acquire(out, "train")
     try:
         with _Signals() as sig:
