@@ -286,6 +286,9 @@ def build_world(root: Path) -> dict:
     run_dir("config-lr-text", ok, config={"lr": "fast"})
     run_dir("model-elsewhere", dict(ok, model="/nowhere/model"))
     run_dir("method-number", dict(ok, method=5))
+    run_dir("placeholder-number", dict(ok, placeholder=7))
+    run_dir("placeholder-list", dict(ok, placeholder=["<r>"]))
+    run_dir("model-number", dict(ok, model=3))
 
     others = root / "other-runs"
     for name, files in (("norms", ["norms.csv"]), ("neighbors", ["neighbors.csv"]), ("train", ["train_log.jsonl"]),

@@ -100,7 +100,9 @@ def read_run_results(run_dir) -> dict:
         raise GeomkitError(f"{f}: not readable JSON ({exc})") from None
     if not isinstance(results, dict) or not {"method", "model", "placeholder"} <= set(results):
         raise GeomkitError(f"{f}: not the results of a `geomkit train` run (no method/model/placeholder)")
-    return results
+    from geomkit.runfiles import TRAIN_RESULTS, check_fields
+
+    return check_fields(results, TRAIN_RESULTS, f)  # a field of the wrong type: one line naming it
 
 
 def run_token(run_dir) -> Token:

@@ -372,6 +372,7 @@ CASES += [
     (["compare", "RUN_DRIFT_LIST"], "field 'drift'"),
     (["compare", "RUN_EVAL_TEXT"], "field 'image_similarity'"),
     (["compare", "RUN_LOG_TEXT"], "field 'step'"),
+    (["interpolate", "RUN_KAPPA_TEXT", "EMB2"], "field 'kappa'"),  # every reader of a run's results.json checks it
     # 9. options that were ignored or merged
     (["probe-position", "--model", "CLIP", "--load-probe", "DAMAGED_PROBE", "--probe-dir", "DIR"], "drop --probe-dir"),
     (["inspect", "EMB", "--model", "CLIP", "--no-effects", "--word", "cat"], "--no-effects"),
