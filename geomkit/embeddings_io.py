@@ -20,6 +20,7 @@ Every vector is checked: at least one vector of at least one value, finite, not 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -141,17 +142,36 @@ def read_tensors(path) -> dict:
 
 
 # ---- layouts ---------------------------------------------------------------------------------
+# A vector whose L2 norm lies outside [MIN_NORM, MAX_NORM] breaks float32 arithmetic downstream:
+# squared distances and LayerNorm variances overflow to inf above it (1e30: inf distances, black
+# images, NaN angles), and products of its values underflow to 0 below it (1e-45: cosines of 0).
+# The same bounds as the scales m the probes accept (commands._common.MIN_SCALE / MAX_SCALE).
+MIN_NORM = 1e-6
+MAX_NORM = 1e6
+
+
 def check_vectors(vec, path, label: str = "") -> "object":
     """(n, d) float32 from a (d,) or (n, d) tensor; a one-line error for anything that is not a
-    usable embedding (wrong rank, no vectors, empty vectors, NaN/inf, all-zero vectors)."""
+    usable embedding: not a dense real tensor (sparse, meta, complex, quantized, bool), wrong rank,
+    no vectors, empty vectors, NaN/inf, all-zero vectors, or a vector whose norm lies outside the
+    float32-safe range [MIN_NORM, MAX_NORM]."""
     import torch
 
     where = f"{path}" + (f" [{label}]" if label and label != Path(str(path)).name else "")
     if not isinstance(vec, torch.Tensor):
         raise GeomkitError(f"{where}: holds a {type(vec).__name__} where a tensor was expected; {EXPECTED}")
+    if vec.layout != torch.strided:
+        raise GeomkitError(f"{where}: a {str(vec.layout).replace('torch.', '')} tensor; an embedding is a dense tensor "
+                           "(convert it with .to_dense() where you trust the file)")
+    if vec.is_meta or vec.device.type == "meta":
+        raise GeomkitError(f"{where}: a meta tensor (a shape without values); the file holds no trained values")
+    if getattr(vec, "is_quantized", False):
+        raise GeomkitError(f"{where}: a quantized tensor ({vec.dtype}); give the float embedding")
+    if vec.is_complex():
+        raise GeomkitError(f"{where}: complex values ({vec.dtype}); an embedding holds real numbers")
     if not (vec.is_floating_point() or vec.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
         raise GeomkitError(f"{where}: tensor of type {vec.dtype}; expected floating-point vectors")
-    vec = vec.detach().to(torch.float32)
+    vec = vec.detach()
     if vec.ndim == 1:
         vec = vec[None]
     if vec.ndim != 2:
@@ -160,13 +180,75 @@ def check_vectors(vec, path, label: str = "") -> "object":
         raise GeomkitError(f"{where}: holds no vectors (shape {tuple(vec.shape)}); the file is not a trained embedding")
     if vec.shape[1] == 0:
         raise GeomkitError(f"{where}: its vectors are empty (shape {tuple(vec.shape)}); the file is not a trained embedding")
-    if not torch.isfinite(vec).all():
+    wide = vec.to(torch.float64)
+    if not torch.isfinite(wide).all():
         raise GeomkitError(f"{where}: contains NaN or infinite values; the training diverged or the file is damaged")
-    zero = (vec == 0).all(dim=1).nonzero().flatten().tolist()
+    zero = (wide == 0).all(dim=1).nonzero().flatten().tolist()
     if zero:
         which = "its only vector is" if vec.shape[0] == 1 else f"vector{'s' if len(zero) > 1 else ''} {', '.join(map(str, zero))} of {vec.shape[0]} {'are' if len(zero) > 1 else 'is'}"
         raise GeomkitError(f"{where}: {which} all zeros (no direction: cosines and norm ratios are undefined); not a trained embedding")
-    return vec.contiguous()
+    norms = wide.norm(dim=1)
+    bad = [(i, float(n)) for i, n in enumerate(norms.tolist()) if not MIN_NORM <= n <= MAX_NORM]
+    if bad:
+        i, n = bad[0]
+        which = "its vector" if vec.shape[0] == 1 else f"vector {i} of {vec.shape[0]}"
+        side = "overflow to inf" if n > MAX_NORM else "underflow to 0"
+        raise GeomkitError(f"{where}: {which} has norm {n:.3g}, outside the float32-safe range [{MIN_NORM:g}, {MAX_NORM:g}] "
+                           f"(squared distances and LayerNorm variances would {side}); not a usable embedding")
+    return wide.to(torch.float32).contiguous()
+
+
+# ---- geomkit's own files are not embeddings -----------------------------------------------------
+CHECKPOINT_FORMAT = "geomkit-train-checkpoint"
+OWN_JSON = {
+    "results.json": "a run's results.json",
+    "config.json": "a run's config.json",
+    "generation.json": "the generation settings of an image folder",
+    "step.json": "a reproduce step record",
+}
+
+
+def safetensors_metadata(path) -> dict:
+    """The string metadata of a safetensors file's header ({} when none or unreadable)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception:  # a damaged header: read_tensors says so
+        return {}
+
+
+def own_file(path, obj: Optional[dict] = None, meta: Optional[dict] = None) -> Optional[str]:
+    """What geomkit file `path` is, when it is one of geomkit's own files that is NOT a learned
+    embedding (a training checkpoint, a saved position probe, a run's JSON or log), else None."""
+    p = Path(path)
+    meta = meta or {}
+    fmt = str(meta.get("format", ""))
+    keys = set(obj or {})
+    if fmt == CHECKPOINT_FORMAT or ("param.0" in keys and all(str(k).startswith(("param.", "opt.", "optim")) for k in keys)):
+        step = meta.get("step")
+        return (f"a geomkit training checkpoint{f' (step {step})' if step else ''}: its param.N tensors are the run's raw "
+                "parameters (for DTI the unit direction, not the token), with optimiser state; give the run's "
+                f"learned_embeds.safetensors ({p.parent.parent / 'learned_embeds.safetensors'}) instead")
+    if fmt.startswith("geomkit-position-probe"):
+        return "a position probe saved by `geomkit probe-position` (pass its folder as --probe-dir / --load-probe), not an embedding"
+    if p.suffix.lower() in (".json", ".jsonl"):
+        if re.match(r"^step-\d{6,}\.json$", p.name):
+            return "a geomkit training checkpoint's .json sidecar, not an embedding; give the run's learned_embeds.safetensors"
+        what = OWN_JSON.get(p.name) or ("a training log" if p.name == "train_log.jsonl" else "a JSON file")
+        return f"{what}, not an embedding file; give a .safetensors/.pt/.bin embedding"
+    return None
+
+
+def _is_text(p: Path) -> bool:
+    """A JSON or text file (what a misplaced results.json or prompt file is), from its first bytes."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(64).lstrip()
+    except OSError:
+        return False
+    return head[:1] in (b"{", b"[") and p.suffix.lower() in (".json", ".jsonl")
 
 
 def _is_tensor(x) -> bool:
@@ -181,6 +263,10 @@ def parse_layout(obj: dict, path, name: Optional[str] = None) -> EmbeddingFile:
     keys = list(obj)
     shown = ", ".join(map(str, keys[:6])) + (", ..." if len(keys) > 6 else "")
     if set(SDXL_KEYS) <= set(keys) and all(_is_tensor(obj[k]) for k in SDXL_KEYS):
+        counts = {k: obj[k].shape[0] if obj[k].ndim == 2 else 1 for k in SDXL_KEYS}
+        if counts["clip_l"] != counts["clip_g"]:
+            raise GeomkitError(f"{path}: SDXL file whose clip_l holds {counts['clip_l']} vector(s) and clip_g {counts['clip_g']}: "
+                               "the two parts of one token have the same count; the file is damaged")
         return EmbeddingFile(
             name=name or p.stem,
             parts={k: check_vectors(obj[k], p, k) for k in SDXL_KEYS},
@@ -188,6 +274,11 @@ def parse_layout(obj: dict, path, name: Optional[str] = None) -> EmbeddingFile:
             path=str(p),
             layout="sdxl",
         )
+    half = [k for k in SDXL_KEYS if k in keys]
+    if len(half) == 1 and len(keys) == 1:
+        missing = next(k for k in SDXL_KEYS if k not in half)
+        raise GeomkitError(f"{path}: holds only {half[0]} of an SDXL clip_l/clip_g pair ({missing} is missing): not a "
+                           f"token of its own; give the whole pair, or convert it (geomkit convert ... --to sdxl)")
     hint = {p.name: 2} if p.stem.endswith("_2") or "_2-" in p.stem else {}
     if "string_to_param" in obj:
         params = obj["string_to_param"]
@@ -216,9 +307,17 @@ def read_embedding(path, name: Optional[str] = None) -> EmbeddingFile:
     """Any supported learned-embedding file (see the module docstring), checked. The token is
     `name` when given, else what the file says (see the layouts)."""
     p = Path(path).expanduser()
+    if p.is_file() and _is_text(p):
+        raise GeomkitError(f"{path}: {own_file(p)}")
     obj = read_tensors(p)
-    ef = parse_layout(obj, p, name)
-    ef.container = _container(p)
+    container = _container(p)
+    meta = safetensors_metadata(p) if container == "safetensors" else {}
+    why = own_file(p, obj, meta)
+    if why:
+        raise GeomkitError(f"{path}: {why}")
+    token = meta.get("token") if isinstance(meta.get("token"), str) and meta.get("token").strip() else None
+    ef = parse_layout(obj, p, name or (token if set(SDXL_KEYS) <= set(obj) else None))
+    ef.container = container
     return ef
 
 
@@ -286,13 +385,25 @@ def save_learned(path, token: str, vectors) -> Path:
     return save_tensors(path, {token: vectors.detach().to(torch.float32).reshape(-1, vectors.shape[-1])})
 
 
-def save_sdxl_pair(path, clip_l, clip_g) -> Path:
-    """The kohya/A1111/ComfyUI SDXL file: `{"clip_l": (n, 768), "clip_g": (n, 1280)}`."""
+def save_sdxl_pair(path, clip_l, clip_g, token: Optional[str] = None) -> Path:
+    """The kohya/A1111/ComfyUI SDXL file: `{"clip_l": (n, 768), "clip_g": (n, 1280)}`. The token's
+    name goes into the header's metadata ("token"), which `read_embedding` reads back; A1111 and
+    ComfyUI take the trigger word from the file name (see `token_file_name`)."""
     import torch
 
     from geomkit.report import save_tensors
 
-    return save_tensors(path, {"clip_l": clip_l.detach().to(torch.float32), "clip_g": clip_g.detach().to(torch.float32)})
+    meta = {"token": token} if token else None
+    return save_tensors(path, {"clip_l": clip_l.detach().to(torch.float32), "clip_g": clip_g.detach().to(torch.float32)}, metadata=meta)
+
+
+def token_file_name(token: str, suffix: str = ".safetensors", fallback: str = "learned_embeds_sdxl") -> str:
+    """The file name A1111 and ComfyUI expect for a token: the token itself is the trigger word, so
+    the file is named after it, with characters file systems refuse (/ \\ : * ? " < > |, controls)
+    left out: '<my-dog>' -> 'my-dog.safetensors'. `fallback` when nothing is left."""
+    stem = "".join(ch for ch in str(token) if ch.isprintable() and ch not in '/\\:*?"<>|').strip().strip(".")
+    stem = stem.encode("utf-8")[:200].decode("utf-8", "ignore") or fallback
+    return stem + suffix
 
 
 # ---- conversion ------------------------------------------------------------------------------
@@ -343,17 +454,23 @@ def convert_tensors(files: Sequence[EmbeddingFile], to: str, token: Optional[str
     return {token or ef.name: vec}
 
 
-def write_converted(out, tensors: dict) -> EmbeddingFile:
+def write_converted(out, tensors: dict, token: Optional[str] = None) -> EmbeddingFile:
     """Write `tensors` as safetensors (atomically) and read the file back through `read_embedding`,
-    checking every tensor came back bit-identical. Returns what was read back."""
+    checking every tensor came back bit-identical. Returns what was read back. `token` goes into
+    the header's metadata (the SDXL pair's name)."""
     import torch
 
-    from geomkit.report import save_tensors
+    from geomkit.report import check_out_path, save_tensors
 
     out = Path(out)
     if out.suffix.lower() != ".safetensors":
         raise GeomkitError(f"--out {out}: converted files are safetensors; name it *.safetensors")
-    save_tensors(out, {k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()})
+    check_out_path(out, "--out", kind="file")
+    try:
+        save_tensors(out, {k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()},
+                     metadata={"token": token} if token else None)
+    except OSError as exc:
+        raise GeomkitError(f"--out {out}: cannot be written ({exc.strerror or exc}); nothing was written") from None
     back = read_tensors(out)
     if set(back) != set(tensors) or not all(torch.equal(back[k], tensors[k].to(torch.float32)) for k in tensors):
         raise GeomkitError(f"{out}: the written file does not read back identical; disk full or a failing disk?")

@@ -154,6 +154,81 @@ def scorer_model_type(folder, kind: str, flag: str) -> str:
     return model_type
 
 
+SCORER_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model", "tokenizer.model")
+
+
+def _weights_problem(f: Path) -> Optional[str]:
+    """Why a weights file cannot be read, from its header (safetensors) or the restricted
+    unpickler (a .bin), without building the model; None when it reads."""
+    if f.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="pt") as fh:
+                if not list(fh.keys()):
+                    return f"{f.name} holds no tensors"
+        except Exception as exc:  # safetensors' own error types for a damaged header
+            return f"{f.name} is not a readable safetensors file ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})"
+        return None
+    import pickle
+    import warnings
+
+    import torch
+
+    def load(mmap: bool):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with open(f, "rb") as fh:  # a file object: torch never guesses the format from the name
+                return torch.load(fh if not mmap else str(f), weights_only=True, map_location="cpu", mmap=mmap)
+
+    try:
+        try:
+            load(True)  # a zip archive: the tensors stay on disk
+        except (RuntimeError, ValueError) as exc:
+            if "mmap" not in str(exc):
+                raise
+            load(False)  # a legacy pickle cannot be mapped: read it (still through the restricted unpickler)
+    except pickle.UnpicklingError:
+        return (f"{f.name} is a pickle that holds Python objects besides tensors, which the safe loader refuses (nothing in it "
+                "was run); use the model's model.safetensors instead")
+    except Exception as exc:  # a truncated or damaged archive
+        return f"{f.name} is not a readable PyTorch file ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})"
+    return None
+
+
+def check_scorer(folder, kind: str, flag: str) -> str:
+    """Everything about a scoring-model folder that can be checked without building the model, so
+    that `evaluate` refuses a damaged one BEFORE it generates any image: the config's model type,
+    the image processor, every weights file (header / restricted unpickler), and for the text
+    scorers the tokenizer (loaded: it is small)."""
+    model_type = scorer_model_type(folder, kind, flag)
+    p = Path(folder).expanduser()
+    weights = sorted(p.glob("*.safetensors")) or sorted(p.glob("pytorch_model*.bin"))
+    for f in weights:
+        why = _weights_problem(f)
+        if why:
+            raise GeomkitError(f"{flag} {folder}: {why}; copy the model folder again")
+    from geomkit.generation import quiet_loading
+
+    quiet_loading()
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+    for what, load in (("config.json", AutoConfig.from_pretrained), ("image processor", AutoImageProcessor.from_pretrained)):
+        try:
+            load(str(p), local_files_only=True)
+        except Exception as exc:  # transformers raises many types for a damaged folder
+            raise GeomkitError(f"{flag} {folder}: its {what} does not load ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})") from None
+    if kind != "dinov2":
+        if not any((p / f).is_file() for f in SCORER_TOKENIZER_FILES):
+            raise GeomkitError(f"{flag} {folder}: no tokenizer files ({', '.join(SCORER_TOKENIZER_FILES[:3])}, ...): the text "
+                               "scorer needs its tokenizer; copy the whole model folder")
+        try:
+            AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        except Exception as exc:
+            raise GeomkitError(f"{flag} {folder}: its tokenizer does not load ({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})") from None
+    return model_type
+
+
 def load_scorer(folder, kind: str, device: str = "cpu", flag: str = "") -> Scorer:
     import torch
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
@@ -163,9 +238,14 @@ def load_scorer(folder, kind: str, device: str = "cpu", flag: str = "") -> Score
     quiet_loading()
     model_type = scorer_model_type(folder, kind, flag or f"--{kind}")
     p = str(Path(folder).expanduser())
-    model = AutoModel.from_pretrained(p, local_files_only=True, torch_dtype=torch.float32).to(device).eval()
-    processor = AutoImageProcessor.from_pretrained(p, local_files_only=True)
-    tokenizer = None if kind == "dinov2" else AutoTokenizer.from_pretrained(p, local_files_only=True)
+    try:
+        model = AutoModel.from_pretrained(p, local_files_only=True, torch_dtype=torch.float32).to(device).eval()
+        processor = AutoImageProcessor.from_pretrained(p, local_files_only=True)
+        tokenizer = None if kind == "dinov2" else AutoTokenizer.from_pretrained(p, local_files_only=True)
+    except Exception as exc:  # what check_scorer could not see without building the model (weights that do not fit it)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise GeomkitError(f"{flag or '--' + kind} {folder}: the model does not load ({first}); the generated images are kept "
+                           "in --out and reused when you run evaluate again") from None
     return Scorer(kind, model_type, model, processor, tokenizer, p, device)
 
 

@@ -101,7 +101,9 @@ def read_run_results(run_dir) -> dict:
         raise GeomkitError(f"{f}: not readable JSON ({exc})") from None
     if not isinstance(results, dict) or not {"method", "model", "placeholder"} <= set(results):
         raise GeomkitError(f"{f}: not the results of a `geomkit train` run (no method/model/placeholder)")
-    return results
+    from geomkit.runfiles import TRAIN_RESULTS, check_fields
+
+    return check_fields(results, TRAIN_RESULTS, f)  # a field of the wrong type: one line naming it
 
 
 def run_token(run_dir) -> Token:
@@ -109,8 +111,11 @@ def run_token(run_dir) -> Token:
     run = Path(run_dir).expanduser()
     results = read_run_results(run)
     name = results.get("placeholder")
-    if (run / RUN_FILES_SDXL).is_file():
-        return with_run_lora(read_token_file(run / RUN_FILES_SDXL, name=name), run)
+    from geomkit.train.exports import sdxl_file
+
+    pair = sdxl_file(run, name)  # named after the token, or the old learned_embeds_sdxl.safetensors
+    if pair is not None:
+        return with_run_lora(read_token_file(pair, name=name), run)
     files = [run / f for f in RUN_FILES if (run / f).is_file()]
     if not files:
         raise GeomkitError(f"run folder {run_dir} has no learned_embeds*.safetensors")
@@ -213,18 +218,12 @@ def pipeline_dir(spec) -> Path:
 
     if spec in ALIASES:
         raise GeomkitError(f"--model {spec} is a text model, not a diffusion pipeline; give a diffusers pipeline folder")
-    from geomkit.models import read_config
-
     folder = resolve_spec(str(spec), progress=False)
     if not (folder / "model_index.json").is_file():
         raise GeomkitError(f"--model {spec}: not a diffusers pipeline folder (no model_index.json)")
-    index = read_config(folder / "model_index.json", str(spec))
-    missing = [k for k, v in index.items()
-               if not k.startswith("_") and k != "safety_checker" and isinstance(v, (list, tuple)) and len(v) == 2
-               and v[0] is not None and v[1] is not None and not (folder / k).is_dir()]
-    if missing:
-        raise GeomkitError(f"--model {spec}: the pipeline folder lacks the component folder(s) {', '.join(missing)}/ that "
-                           "model_index.json lists; copy the whole pipeline")
+    from geomkit.models import check_pipeline_folder
+
+    check_pipeline_folder(folder, spec)  # the one check, shared with train
     return folder
 
 

@@ -83,10 +83,18 @@ def rescale(vectors: torch.Tensor, m_star: float) -> torch.Tensor:
 
 
 # ---- neighbours --------------------------------------------------------------------------------
-def neighbours(table: torch.Tensor, vectors: torch.Tensor, token_str: Callable[[int], str], k: int = 10) -> list[tuple[list, list]]:
-    """[(cosine, euclidean)] per vector, each a list of {"token", "id", "score"}."""
+def neighbours(table: torch.Tensor, vectors: torch.Tensor, token_str: Callable[[int], str], k: int = 10,
+               token_text: Optional[Callable[[int], str]] = None) -> list[tuple[list, list]]:
+    """[(cosine, euclidean)] per vector, each a list of {"token", "id", "score"} (+ "text", the
+    token decoded for people, when `token_text` is given)."""
     cos, euc = nearest(table, vectors, k=k)
-    fmt = lambda nb: [{"token": token_str(int(i)), "id": int(i), "score": float(s)} for i, s in zip(nb.ids, nb.scores)]  # noqa: E731
+
+    def fmt(nb):
+        rows = [{"token": token_str(int(i)), "id": int(i), "score": float(s)} for i, s in zip(nb.ids, nb.scores)]
+        if token_text is not None:
+            for r in rows:
+                r["text"] = token_text(r["id"])
+        return rows
     return [(fmt(c), fmt(e)) for c, e in zip(cos, euc)]
 
 

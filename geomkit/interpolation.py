@@ -7,6 +7,7 @@ interpolated linearly, so two DTI tokens of norm m* stay at m* at every ratio) o
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from geomkit.errors import GeomkitError
@@ -57,8 +58,35 @@ def interpolate(a: dict, b: dict, ratios: Sequence[float], mode: str = "slerp") 
     if mode not in MODES:
         raise GeomkitError(f"--mode {mode}: choose slerp or lerp")
     check_compatible(a, b)
+    check_not_opposite(a, b)
     fn = MODES[mode]
-    return [{k: fn(a[k], b[k], float(t)) for k in a} for t in check_ratios(ratios)]
+    mixes = [{k: fn(a[k], b[k], float(t)) for k in a} for t in check_ratios(ratios)]
+    from geomkit.embeddings_io import MAX_NORM, MIN_NORM
+
+    for t, m in zip(ratios, mixes):
+        for k, v in m.items():
+            n = v.double().norm(dim=-1)
+            if not bool(((n >= MIN_NORM) & (n <= MAX_NORM)).all()):
+                raise GeomkitError(f"{mode} at ratio {float(t):g} ({k}) gives a vector of norm {float(n.min()):.3g}, outside "
+                                   f"[{MIN_NORM:g}, {MAX_NORM:g}]: not a usable embedding; leave that ratio out or use --mode slerp")
+    return mixes
+
+
+OPPOSITE_SIN = 1e-6  # sin(angle) below this with the angle past 90 deg: the directions are opposite
+
+
+def check_not_opposite(a: dict, b: dict) -> None:
+    """Antipodal vectors (angle 180 deg) have no unique great circle between them (slerp is
+    undefined) and their straight line passes through zero (lerp gives a vector with no direction):
+    one line instead of an answer that depends on rounding."""
+    for k in a:
+        for i in range(a[k].shape[0]):
+            ang = float(angle_deg(a[k][i].double(), b[k][i].double()))
+            if ang > 90 and math.sin(math.radians(ang)) < OPPOSITE_SIN:
+                row = k if a[k].shape[0] == 1 else f"{k}[{i}]"
+                raise GeomkitError(f"A and B point in opposite directions ({row}: {ang:.4f} deg apart): no unique great circle joins "
+                                   "them (slerp is undefined) and the straight line between them passes through zero (lerp); "
+                                   "interpolate two tokens that are not antipodal")
 
 
 def columns(parts: dict) -> list[tuple[str, str, int]]:

@@ -120,6 +120,20 @@ class Encoder:
     def token_str(self, token_id: int) -> str:
         return readable_token(self.tokenizer.convert_ids_to_tokens(int(token_id)))
 
+    def token_text(self, token_id: int) -> str:
+        """The token as a reader sees it: decoded from the tokenizer's internal spelling (byte-level
+        BPE's Ġ and mojibake, CLIP's </w>, SentencePiece's ▁ and <0xNN>), surrounding spaces dropped;
+        bytes that are only part of a character shown as \\xNN. For tables; token_str is the raw piece."""
+        raw = self.tokenizer.convert_ids_to_tokens(int(token_id))
+        try:
+            text = self.tokenizer.decode([int(token_id)], clean_up_tokenization_spaces=False)
+        except Exception:  # a tokenizer that cannot decode one id
+            text = raw or ""
+        if "\ufffd" in text and raw and "\ufffd" not in raw:
+            text = byte_level_text(raw)
+        shown = text.strip()
+        return readable_token(shown) if shown else readable_token(raw)
+
     def pieces(self, word: str) -> list[int]:
         return list(self.tokenizer(word, add_special_tokens=False)["input_ids"])
 
@@ -248,6 +262,28 @@ def readable_token(tok: Optional[str]) -> str:
     return "".join(out)
 
 
+def _byte_level_table() -> dict:
+    """GPT-2's byte-to-printable-character map (CLIP, GPT-2, Whisper, RoBERTa), inverted."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def byte_level_text(raw: str) -> str:
+    """A byte-level BPE piece as text: its bytes decoded as UTF-8, a byte that is only part of a
+    character shown as \\xNN (so no mojibake and no replacement character)."""
+    table = _byte_level_table()
+    piece = raw[:-4] if raw.endswith("</w>") else raw
+    if not piece or any(ch not in table for ch in piece):
+        return raw
+    return bytes(table[ch] for ch in piece).decode("utf-8", "backslashreplace")
+
+
 # ---- resolving specs -------------------------------------------------------------------------
 def _alias_dir(spec: str, progress: bool) -> Path:
     if spec == "gemma3-270m":
@@ -324,6 +360,46 @@ def read_config(path: Path, spec: str) -> dict:
     return data
 
 
+def _weights_header_problem(f: Path) -> Optional[str]:
+    """Why a safetensors weights file's header is unreadable (cheap: the header only), or None."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(f), framework="pt") as fh:
+            fh.keys()
+    except Exception as exc:  # safetensors' own error types
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    return None
+
+
+def check_pipeline_folder(folder, spec=None) -> dict:
+    """The one check of a diffusers pipeline folder, used by `train` and by every command that
+    loads one, before anything loads: model_index.json readable, every component folder it lists
+    present, each component's config JSON readable, each safetensors weights file's header
+    readable. Returns model_index.json's content; a one-line GeomkitError naming the file."""
+    folder = Path(folder)
+    spec = str(spec if spec is not None else folder)
+    index = read_config(folder / "model_index.json", spec)
+    parts = [k for k, v in index.items()
+             if not k.startswith("_") and k != "safety_checker" and isinstance(v, (list, tuple)) and len(v) == 2
+             and v[0] is not None and v[1] is not None]
+    missing = [k for k in parts if not (folder / k).is_dir()]
+    if missing:
+        raise GeomkitError(f"--model {spec}: the pipeline folder lacks the component folder(s) {', '.join(missing)}/ that "
+                           "model_index.json lists; copy the whole pipeline")
+    for k in parts:
+        sub = folder / k
+        for name in ("config.json", "scheduler_config.json", "preprocessor_config.json"):
+            if (sub / name).is_file():
+                read_config(sub / name, spec)
+        for f in sorted(sub.glob("*.safetensors")):
+            why = _weights_header_problem(f)
+            if why:
+                raise GeomkitError(f"--model {spec}: {f} is not a readable safetensors file ({why}); the pipeline folder "
+                                   "is damaged: copy it again")
+    return index
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
                    "sentencepiece.bpe.model", "merges.txt")
 
@@ -339,7 +415,7 @@ def check_tokenizer_dir(tok_dir: Path, spec: str) -> None:
 
 
 def _pipeline_parts(folder: Path, encoder: int) -> tuple[Path, Path, str]:
-    index = read_config(folder / "model_index.json", str(folder))
+    index = check_pipeline_folder(folder)
     sub = "text_encoder" if encoder == 1 else f"text_encoder_{encoder}"
     tok = "tokenizer" if encoder == 1 else f"tokenizer_{encoder}"
     if sub not in index or index.get(sub) in (None, [None, None]):
@@ -353,9 +429,11 @@ def _pipeline_parts(folder: Path, encoder: int) -> tuple[Path, Path, str]:
 def _model_class(config: dict):
     import transformers
 
-    for arch in config.get("architectures") or []:
-        cls = getattr(transformers, arch, None)
-        if cls is not None:
+    archs = config.get("architectures")
+    for arch in archs if isinstance(archs, list) else []:
+        cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
+        # only a model class: "architectures" naming a tokenizer or processor would load that instead
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
             return cls
     return transformers.AutoModel
 
@@ -408,14 +486,25 @@ def load_encoder(spec: str = DEFAULT_MODEL, *, encoder: int = 1, dtype=None, pro
         model = cls.from_pretrained(model_dir, dtype=dtype or torch.float32)
     except Exception as exc:  # missing or damaged weights, a config that does not fit them, ...
         raise GeomkitError(f"--model {spec}: could not load from {model_dir}: {_first_line(exc)}") from None
+    if not hasattr(model, "eval") or not hasattr(model, "get_input_embeddings"):
+        raise GeomkitError(f"--model {spec}: {cfg_file} does not describe a model ({type(model).__name__} loaded)")
     model.eval().requires_grad_(False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     base = spec if spec in ALIASES else (hf_cache_repo_id(folder) or folder.name)
     name = f"{base}/{subfolder}" if subfolder and spec not in ALIASES else base
     enc = Encoder(model, tokenizer, fam, name, source=str(model_dir), pipeline_dir=pipeline_dir, subfolder=subfolder)
-    if enc.embedding_module() is None or enc.blocks is None:
+    try:
+        layout_ok = enc.embedding_module() is not None and enc.blocks is not None
+    except Exception:  # a module path of the family that this model lacks
+        layout_ok = False
+    if not layout_ok or not hasattr(enc.embedding_module(), "weight"):
         raise GeomkitError(f"--model {spec}: {model_type} model has an unexpected layout ({type(model).__name__})")
+    if enc.n_blocks == 0:
+        raise GeomkitError(f"--model {spec}: the model has no layers ({model_dir / 'config.json'} sets 0 blocks); "
+                           "give a trained model folder")
+    if enc.vocab_size == 0 or enc.d_model == 0:
+        raise GeomkitError(f"--model {spec}: the model's embedding table is empty ({enc.vocab_size} x {enc.d_model})")
     _CACHE[key] = enc
     return enc
 
@@ -441,6 +530,17 @@ def load_tokenizers(spec: str) -> list:
     return out
 
 
+def invisible_char(text: str) -> Optional[str]:
+    """The first control or formatting character in `text` (NUL, a right-to-left override, a
+    zero-width joiner, ...) as U+XXXX, or None: a token name holding one cannot be typed."""
+    import unicodedata
+
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            return f"U+{ord(ch):04X}"
+    return None
+
+
 def check_new_token(name: str, tokenizers, option: str = "--token") -> None:
     """A learned token's name must be new to every tokenizer (diffusers' load_textual_inversion
     refuses a name already in the vocabulary, and a vocabulary word would be the word, not the token)."""
@@ -448,6 +548,10 @@ def check_new_token(name: str, tokenizers, option: str = "--token") -> None:
         raise GeomkitError(f"{option}: empty token name; give a new name such as <my-token>")
     if name != name.strip() or any(ch.isspace() for ch in name):
         raise GeomkitError(f"{option} {name!r}: a token name cannot hold spaces; give a name such as <my-token>")
+    invisible = invisible_char(name)
+    if invisible:
+        raise GeomkitError(f"{option} {name!r}: holds the invisible character {invisible}, which no prompt can be typed with; "
+                           "give a name such as <my-token>")
     for tok in tokenizers:
         if name in tok.get_vocab():
             raise GeomkitError(f"{option} {name!r} is already a token of the model's vocabulary; give a new name such as <{name}-learned>")

@@ -18,27 +18,147 @@ from geomkit.errors import GeomkitError
 _CREATED: list = []  # folders prepare_out created, in order (see remove_created_if_empty)
 
 
+def _lexists(p: Path) -> bool:
+    """Whether `p` exists (a dangling link counts); False, not an exception, for a name the OS refuses."""
+    try:
+        os.lstat(p)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _isdir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def file_in_the_way(folder: Path) -> Optional[str]:
     """Why `folder` cannot be a folder ("is a file", "lies under X, which is a file"), or None."""
     for parent in [folder, *folder.parents]:
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
+        if _lexists(parent):
+            if not _isdir(parent):
                 return "is a file" if parent == folder else f"lies under {parent}, which is a file"
             return None
     return None
 
 
-def prepare_out(path, option: str = "--out") -> Path:
-    """Create the output folder (and parents) and check it is writable, or fail in one line.
-    The folders it creates are remembered, so that a command refused afterwards removes them
-    again while they are still empty (`remove_created_if_empty`)."""
+# ---- what the operating system will refuse to create ------------------------------------------
+NAME_MAX = 255  # bytes per path component (ext4, xfs, btrfs, APFS, NTFS in UTF-16 units)
+PATH_MAX = 4096  # bytes for the whole path (Linux)
+# file systems that hold no user files: the kernel's views of processes, devices and settings
+SPECIAL_FS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+              "configfs", "pstore", "bpf", "fusectl", "mqueue", "hugetlbfs", "binfmt_misc", "autofs", "efivarfs", "rpc_pipefs"}
+SPECIAL_ROOTS = ("/proc", "/sys", "/dev")  # where /proc/self/mounts cannot be read
+
+
+def _mount_type(path: str) -> Optional[str]:
+    """The file-system type of the mount holding `path` (an existing, resolved path), or None."""
+    best, kind = "", None
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mount = parts[1].replace("\\040", " ")
+                if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                    best, kind = mount, parts[2]
+    except OSError:
+        return next(("proc" for r in SPECIAL_ROOTS if path == r or path.startswith(r + "/")), None)
+    return kind
+
+
+def path_problem(path, kind: str = "folder") -> Optional[str]:
+    """Why the operating system cannot create `path` (a `kind` to write: "folder" or "file"), or
+    None: a name component over NAME_MAX bytes, a path over PATH_MAX, a special file system (/proc,
+    /sys, /dev), or a folder on the way that this user cannot write into. Nothing is created."""
+    p = Path(os.path.abspath(os.path.expanduser(str(path))))
+    for part in p.parts:
+        n = len(os.fsencode(part))
+        if n > NAME_MAX:
+            shown = part if len(part) <= 24 else part[:20] + "..."
+            return f"the name {shown!r} is {n} bytes long; file systems allow at most {NAME_MAX} bytes per name"
+    if len(os.fsencode(str(p))) >= PATH_MAX:
+        return f"the path is {len(os.fsencode(str(p)))} bytes long; the system allows at most {PATH_MAX - 1}"
+    existing = next((q for q in [p, *p.parents] if _lexists(q)), Path("/"))
+    real = os.path.realpath(existing)
+    fs = _mount_type(real)
+    if fs in SPECIAL_FS:
+        return f"{real} lies on {fs}, a special file system of the kernel that holds no files of yours; give a folder on a disk"
+    if _isdir(Path(real)) and not os.access(real, os.W_OK | os.X_OK):
+        what = "is" if existing == p else f"would be created in {existing}, which is"
+        return f"{what} not writable by this user (permission denied or a read-only file system)"
+    return None
+
+
+def check_out_path(path, option: str = "--out", kind: str = "folder") -> Path:
+    """One check of an output path before any work: not empty, no file in the way of a folder, and
+    nothing the OS would refuse (`path_problem`). Every command runs it on every path it writes."""
     if path is None or not str(path).strip():
-        raise GeomkitError(f"{option} is empty; give a folder (e.g. {option} runs/mine)")
-    out = Path(path).expanduser()
-    where = file_in_the_way(out)
-    if where:
-        raise GeomkitError(f"{option} {path}: not a writable folder ({where}); give a folder")
-    missing = [p for p in [out, *out.parents] if not p.exists()]
+        raise GeomkitError(f"{option} is empty; give a {kind} (e.g. {option} runs/mine)")
+    p = Path(os.path.expanduser(str(path)))
+    why = path_problem(p, kind)
+    if why is None:
+        where = file_in_the_way(p if kind == "folder" else p.parent)
+        if where and kind == "file":
+            where = f"lies under {p.parent}, which is a file" if where == "is a file" else where
+        why = where
+    if why:
+        raise GeomkitError(f"{option} {path}: cannot be written ({why})" if kind == "file" else
+                           f"{option} {path}: not a writable folder ({why}); give a folder")
+    return p
+
+
+# ---- runs of different kinds do not share a folder ------------------------------------------
+# files only one command writes: a folder holding one of them belongs to that kind of run
+RUN_SIGNATURES = {
+    "neighbors": ("neighbors.csv",),
+    "norms": ("norms.csv", "norm_histogram.png"),
+    "probe-position": ("accuracy.csv", "position_probe.png"),
+    "residual-angles": ("angles.csv", "residual_angles.png"),
+    "attenuation": ("attenuation.csv", "attenuation.png"),
+    "inspect": ("inspect.png",),
+    "compare": ("compare.csv", "compare.md"),
+    "evaluate": ("scores.csv",),
+    "generate": ("grid.png",),
+    "interpolate": ("mix-00-r0.00.safetensors",),
+    "train": ("train_log.jsonl", "checkpoints"),
+}
+
+
+def run_kind(folder) -> Optional[tuple[str, str]]:
+    """(command, file) of the geomkit run whose output `folder` holds, or None."""
+    folder = Path(folder)
+    for command, names in RUN_SIGNATURES.items():
+        for name in names:
+            if _lexists(folder / name):
+                return command, name
+    if any(folder.glob("mix-*-r*.safetensors")):
+        return "interpolate", next(folder.glob("mix-*-r*.safetensors")).name
+    return None
+
+
+def check_run_kind(folder, command: str, option: str = "--out") -> None:
+    """Refuse to write the output of `command` into a folder another kind of run already wrote
+    (its files would mix: two results.json, figures of both)."""
+    found = run_kind(folder)
+    if found and found[0] != command:
+        other, name = found
+        raise GeomkitError(f"{option} {folder} holds the output of `geomkit {other}` ({name}); its results.json would be "
+                           f"overwritten by this {command} run: choose another {option} (e.g. runs/{command})")
+
+
+def prepare_out(path, option: str = "--out", command: Optional[str] = None) -> Path:
+    """Create the output folder (and parents) and check it is writable, or fail in one line.
+    `command` names the kind of run: a folder holding another kind's output is refused
+    (`check_run_kind`). The folders it creates are remembered, so that a command refused
+    afterwards removes them again while they are still empty (`remove_created_if_empty`)."""
+    out = check_out_path(path, option)
+    if command is not None and _isdir(out):
+        check_run_kind(out, command, option)
+    missing = [p for p in [out, *out.parents] if not _lexists(p)]
     mark = len(_CREATED)
     if missing:
         _CREATED.append(missing[-1])  # the topmost folder this call creates
@@ -71,6 +191,17 @@ def remove_created_if_empty(mark: int = 0) -> None:
             pass
 
 
+def progress(iterable=None, *, total=None, desc: str = "", unit: str = "it"):
+    """A progress bar on stderr for a long phase, saying what is happening (`desc`); it clears
+    itself when the phase ends. GEOMKIT_PROGRESS=0 turns every bar off."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    off = os.environ.get("GEOMKIT_PROGRESS", "1").strip().lower() in ("0", "no", "off", "false")
+    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=off, file=sys.stderr)
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -84,9 +215,13 @@ def atomic_path(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a result file gets the usual permissions
+    mode = 0o666 & ~_umask()
+    os.chmod(tmp, mode)  # mkstemp makes it 0600; a result file gets the usual permissions
     try:
         yield Path(tmp)
+        # again after writing: some writers replace the file rather than fill it (safetensors' save_file
+        # creates it anew, 0600), and a file other tools cannot read is no use to them
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -49,7 +49,7 @@ GEMMA_HIGHLR_STEPS = "40"  # lr 5e-2 lifts the norm ~3x in 5 steps; ~3 s a step 
 def _train(model: str, method: str, steps: str, batch: str, lr: Optional[str] = None) -> list:
     argv = ["train", "--objective", "lm", "--method", method, "--model", model, "--texts", CONCEPT,
             "--placeholder", PLACEHOLDER, "--init-word", "fox", "--related", CONCEPT, "--steps", steps,
-            "--batch-size", batch, "--seed", "42", "--quiet"]
+            "--batch-size", batch, "--seed", "42"]  # its progress bar shows: training steps are reproduce's longest phase
     return argv + (["--lr", lr] if lr else [])
 
 
@@ -96,7 +96,7 @@ def plan(root: Path, quick: bool) -> list[Step]:
         steps.append(Step(f"train-{method}", "gemma3-270m", [
             "train", "--objective", "lm", "--method", method, "--model", "gemma3-270m", "--texts", CONCEPT,
             "--placeholder", PLACEHOLDER, "--init-word", "fox", "--related", CONCEPT, "--steps", s["steps"],
-            "--batch-size", s["batch"], "--seed", "42", "--quiet"]))
+            "--batch-size", s["batch"], "--seed", "42"]))  # progress shown: the longest steps
     learned = ["--embedding", ti_file, dti_file]
     for model in MODELS:
         gemma = model == "gemma3-270m"
@@ -121,6 +121,18 @@ def plan(root: Path, quick: bool) -> list[Step]:
     for mode in ("slerp", "lerp"):
         steps.append(Step(f"interpolate-{mode}", "gemma3-270m", ["interpolate", ti_file, dti_file, "--mode", mode]))
     return steps + trained_token_steps(root, quick)
+
+
+STOPPED_CODES = (130, 143)  # a step stopped by Ctrl-C / SIGTERM, as the shell reports them
+
+
+class StepStopped(Exception):
+    """A step was stopped by a signal: reproduce stops too, with the step's exit status (not 2,
+    which says the input was bad)."""
+
+    def __init__(self, code: int, step: str):
+        super().__init__(f"stopped by {'SIGTERM' if code == 143 else 'Ctrl-C'} during step {step}; rerun reproduce to resume")
+        self.code = code
 
 
 def step_dir(root: Path, step: Step) -> Path:
@@ -152,6 +164,8 @@ def run_steps(steps: list[Step], root: Path, figures: Path, force: bool = False,
             t = time.perf_counter()
             code = runner([*step.argv, "--out", str(out)])
             secs = time.perf_counter() - t
+            if code in STOPPED_CODES:  # SIGTERM / Ctrl-C inside the step (train checkpoints and exits 143 / 130)
+                raise StepStopped(code, f"{step.name} on {step.model}")
             if code != 0:
                 raise GeomkitError(f"step {step.name} on {step.model} failed (exit {code}); rerun reproduce to resume from it")
             log(f"{label}: done in {secs:.0f} s")

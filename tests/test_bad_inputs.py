@@ -4,6 +4,7 @@ current folder. One table of cases over tiny random models (each case takes well
 once the fixtures are built)."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -84,6 +85,7 @@ def world(tiny_dir, tmp_path_factory):
     (probe / "probe.safetensors").write_bytes(b"x")
     w["DAMAGED_PROBE"] = str(probe)
     w["PLAIN_PROMPTS"] = str(root / "plain-prompts.txt")
+    _issue19_world(w, root, tiny_dir, v)
     # a finished training run whose log is garbage
     run = root / "run-garbage-log"
     run.mkdir()
@@ -92,6 +94,129 @@ def world(tiny_dir, tmp_path_factory):
     (run / "train_log.jsonl").write_text("garbage\n{also garbage\n" + json.dumps({"step": 1, "loss": 1.0}) + "\n")
     w["RUN_GARBAGE_LOG"] = str(run)
     return w
+
+
+def _issue19_world(w, root, tiny_dir, v):
+    """Files for the cases of issue 19: geomkit's own files given as embeddings, values outside the
+    float32-safe range, tensors that are not dense and real, damaged pipelines and scorers, run
+    files of the wrong types, antipodal tokens, a folder of another kind of run."""
+    import pickle
+
+    from geomkit import tiny
+    from geomkit.embeddings_io import save_learned
+    from geomkit.train import checkpoint
+
+    # a training checkpoint (safetensors with geomkit's metadata) and its JSON sidecar
+    ck = root / "run-ckpt" / "checkpoints"
+    checkpoint.save(ck, 2, {"param.0": v / v.norm(), "opt.0.step": torch.tensor(2.0)}, {"config": {}, "log": []})
+    w["CKPT"] = str(ck / "step-000002.safetensors")
+    w["CKPT_JSON"] = str(ck / "step-000002.json")
+    (root / "results.json").write_text(json.dumps({"method": "dti", "model": "m", "placeholder": "<a>"}))
+    w["RESULTS_JSON"] = str(root / "results.json")
+    # values outside the float32-safe range, and tensors that are not dense real ones
+    save_learned(root / "huge.safetensors", "<huge>", torch.full((1, 32), 1e30))
+    w["HUGE"] = str(root / "huge.safetensors")
+    torch.save({"<tiny>": torch.full((1, 32), 1e-45, dtype=torch.float64)}, root / "tiny.pt")
+    w["TINY_VALUES"] = str(root / "tiny.pt")
+    torch.save({"<sp>": torch.eye(1, 32).to_sparse()}, root / "sparse.pt")
+    w["SPARSE"] = str(root / "sparse.pt")
+    torch.save({"<c>": torch.randn(1, 32, dtype=torch.complex64)}, root / "complex.pt")
+    w["COMPLEX"] = str(root / "complex.pt")
+    torch.save({"<m>": torch.empty(1, 32, device="meta")}, root / "meta.pt")
+    w["META"] = str(root / "meta.pt")
+    # the same token in two files for one encoder; an antipodal token
+    save_learned(root / "a-again.safetensors", "<a>", v / v.norm() * 0.3 + 0.01)
+    w["EMB_SAME_NAME"] = str(root / "a-again.safetensors")
+    save_learned(root / "neg.safetensors", "<neg>", -(v / v.norm() * 0.4))
+    w["EMB_NEG"] = str(root / "neg.safetensors")
+    # damaged pipelines for train
+    bad_index = root / "sd-bad-index"
+    shutil.copytree(w["SD"], bad_index)
+    (bad_index / "model_index.json").write_text('{"_class_name": ')
+    w["SD_BAD_INDEX"] = str(bad_index)
+    zero = root / "clip-zero-layers"
+    shutil.copytree(w["CLIP"], zero)
+    cfg = json.loads((zero / "config.json").read_text())
+    cfg["num_hidden_layers"] = 0
+    (zero / "config.json").write_text(json.dumps(cfg))
+    w["CLIP_ZERO_LAYERS"] = str(zero)
+    # an image whose header claims 10^10 pixels (a decompression bomb)
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    bomb = root / "bomb-images"
+    bomb.mkdir()
+    (bomb / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+                                 + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+    w["BOMB_IMAGES"] = str(bomb)
+    # scorers: real tiny ones, then damaged copies (garbage weights, a refused pickle, no tokenizer)
+    scorers = root / "scorers"
+    real = {k: tiny.cached_scorer_dir(k, str(scorers)) for k in ("dinov2", "siglip")}
+    w["REAL_DINO"], w["REAL_SIGLIP"] = str(real["dinov2"]), str(real["siglip"])
+    garbage = root / "dino-garbage"
+    shutil.copytree(real["dinov2"], garbage)
+    (garbage / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    w["DINO_GARBAGE"] = str(garbage)
+    evil = root / "dino-pickle"
+    shutil.copytree(real["dinov2"], evil)
+    (evil / "model.safetensors").unlink()
+
+    class Boom:
+        def __reduce__(self):
+            import os
+
+            return (os.system, ("echo pwned > /tmp/geomkit-pwned",))
+
+    with open(evil / "pytorch_model.bin", "wb") as fh:
+        pickle.dump({"w": Boom()}, fh)
+    w["DINO_PICKLE"] = str(evil)
+    notok = root / "siglip-no-tokenizer"
+    shutil.copytree(real["siglip"], notok)
+    for f in notok.iterdir():
+        if f.name in ("tokenizer.json", "tokenizer_config.json", "spiece.model", "special_tokens_map.json", "vocab.json",
+                      "tokenizer.model"):
+            f.unlink()
+    w["SIGLIP_NO_TOKENIZER"] = str(notok)
+    # run files of the wrong types
+    for name, results, ev, log in (
+        ("kappa-text", {"kappa": "high"}, None, None),
+        ("drift-list", {"drift": [1, 2]}, None, None),
+        ("eval-text", {}, {"image_similarity": "good"}, None),
+        ("log-text", {}, None, [{"step": "one", "loss": 1.0}]),
+    ):
+        r = root / f"run-{name}"
+        r.mkdir()
+        save_learned(r / "learned_embeds.safetensors", "<a>", v)
+        (r / "results.json").write_text(json.dumps({"method": "dti", "model": w["CLIP"], "placeholder": "<a>", **results}))
+        if ev is not None:
+            (r / "eval").mkdir()
+            (r / "eval" / "results.json").write_text(json.dumps(ev))
+        if log is not None:
+            (r / "train_log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in log))
+        w[f"RUN_{name.upper().replace('-', '_')}"] = str(r)
+    good = root / "run-good"
+    good.mkdir()
+    save_learned(good / "learned_embeds.safetensors", "<a>", v)
+    (good / "results.json").write_text(json.dumps({"method": "dti", "model": w["CLIP"], "placeholder": "<a>"}))
+    w["RUN_GOOD"] = str(good)
+    # a folder that already holds another kind of run's output
+    other = root / "norms-run"
+    other.mkdir()
+    (other / "norms.csv").write_text("id,token,norm\n")
+    (other / "results.json").write_text("{}")
+    w["NORMS_RUN"] = str(other)
+    from safetensors.torch import save_file
+
+    save_file({"clip_l": torch.randn(1, 32)}, str(root / "sdxl-half.safetensors"))
+    w["SDXL_HALF"] = str(root / "sdxl-half.safetensors")
+    save_file({"clip_l": torch.randn(2, 32), "clip_g": torch.randn(1, 48)}, str(root / "sdxl-count.safetensors"))
+    w["SDXL_COUNT"] = str(root / "sdxl-count.safetensors")
+    w["LONG"] = str(root / ("x" * 300))
+    w["PROC"] = "/proc/geomkit-nowhere/out"
+    w["PROC_FILE"] = "/proc/geomkit-nowhere/out.safetensors"
 
 
 FAST = ["--steps", "1", "--size", "32", "--no-progress"]
@@ -171,7 +296,7 @@ CASES = [
     (["norms", "--model", "TEXT_ENCODER"], "no tokenizer files"),
     (["neighbors", "apple", "--model", "BADWEIGHTS"], "could not load"),
     (["generate", "--model", "BARE_SD", "--prompt", "x", *FAST], "lacks the component"),
-    (["generate", "--model", "SD_BROKEN_UNET", "--embedding", "EMB", "--prompt", "a photo of {}", *FAST], "cannot load"),
+    (["generate", "--model", "SD_BROKEN_UNET", "--embedding", "EMB", "--prompt", "a photo of {}", *FAST], "not a readable safetensors file"),
     (["train", "--model", "BARE_SD", "--images", "REFS", "--placeholder", "<t>", "--init-word", "dog"], "lacks the component"),
     (["evaluate", "--model", "BARE_SD", "--embedding", "EMB", "--class-word", "dog", "--reference", "REFS",
       "--dino", "DINOV2", "--siglip", "SIGLIP"], "lacks the component"),
@@ -193,6 +318,84 @@ CASES = [
     (["convert", "EMB", "--to", "diffusers", "--out", "OUT"], "name it *.safetensors"),
     (["convert", "EMB", "--to", "sdxl", "--out", "OUT.safetensors"], "needs the token for both SDXL text encoders"),
 ]
+# ---- issue 19: every traceback and silent mix-up found, as a case -------------------------------
+REAL_EVAL = ["evaluate", "--model", "SD", "--embedding", "EMB", "--class-word", "dog", "--reference", "REFS",
+             "--dino", "REAL_DINO", "--siglip", "REAL_SIGLIP", *FAST]
+TRAIN = ["train", "--images", "REFS", "--placeholder", "<t>", "--init-word", "dog", "--steps", "1", "--quiet"]
+CASES += [
+    # 3. output paths the OS cannot create: checked before any work, for every command
+    *[([*argv, "--out", "LONG"], "255 bytes") for argv in (
+        ["neighbors", "apple", "--model", "CLIP"], ["norms", "--model", "CLIP"], ["inspect", "EMB", "--model", "CLIP"],
+        ["probe-position", "--model", "CLIP"], ["residual-angles", "--model", "CLIP"], ["attenuation", "--model", "CLIP"],
+        INTERP, GEN, EVAL, ["compare", "RUN_GOOD"], ["train", "--model", "SD", *TRAIN[1:]])],
+    (["reproduce", "--out", "LONG"], "255 bytes"),
+    (["convert", "EMB", "--to", "diffusers", "--out", "LONG"], "255 bytes"),
+    (["convert", "EMB", "--to", "diffusers", "--out", "PROC_FILE"], "special file system"),
+    (["neighbors", "apple", "--model", "CLIP", "--out", "PROC"], "special file system"),
+    (["probe-position", "--model", "CLIP", "--max-prompts", "6", "--probe-dir", "PROC"], "special file system"),
+    (["train", "--model", "SD", *TRAIN[1:], "--out", "PROC"], "special file system"),
+    # 4. the run's own files are not learned embeddings
+    *[(argv, "training checkpoint") for argv in (
+        ["neighbors", "--embedding", "CKPT", "--model", "CLIP"], ["norms", "--embedding", "CKPT", "--model", "CLIP"],
+        ["inspect", "CKPT", "--model", "CLIP"], ["interpolate", "CKPT", "EMB2"], ["convert", "CKPT", "--to", "a1111", "--out", "OUT.safetensors"],
+        ["generate", "--model", "SD", "--embedding", "CKPT", "--prompt", "a {}", *FAST],
+        ["evaluate", "--model", "SD", "--embedding", "CKPT", "--class-word", "dog", "--reference", "REFS", "--dino", "DINOV2",
+         "--siglip", "SIGLIP", *FAST],
+        ["probe-position", "--model", "CLIP", "--embedding", "CKPT"], ["residual-angles", "--model", "CLIP", "--embedding", "CKPT"])],
+    (["inspect", "CKPT_JSON", "--model", "CLIP"], "sidecar"),
+    (["norms", "--embedding", "RESULTS_JSON", "--model", "CLIP"], "not an embedding"),
+    # 5. values outside the float32-safe range; tensors that are not dense and real
+    (["neighbors", "--embedding", "HUGE", "--model", "CLIP"], "float32-safe range"),
+    (["inspect", "HUGE", "--model", "CLIP", "--no-effects"], "float32-safe range"),
+    (["interpolate", "HUGE", "EMB"], "float32-safe range"),
+    ([*GEN[:4], "HUGE", *GEN[5:]], "float32-safe range"),
+    (["norms", "--embedding", "TINY_VALUES", "--model", "CLIP"], "float32-safe range"),
+    (["convert", "TINY_VALUES", "--to", "diffusers", "--out", "OUT.safetensors"], "float32-safe range"),
+    (["norms", "--embedding", "SPARSE", "--model", "CLIP"], "dense"),
+    (["inspect", "COMPLEX", "--model", "CLIP"], "complex"),
+    (["neighbors", "--embedding", "META", "--model", "CLIP"], "meta tensor"),
+    # 6. pipeline and model folders: one check for train and the rest
+    (["train", "--model", "SD_BAD_INDEX", *TRAIN[1:]], "not valid JSON"),
+    (["train", "--model", "SD_BROKEN_UNET", *TRAIN[1:]], "not a readable safetensors file"),
+    (["generate", "--model", "SD_BAD_INDEX", "--embedding", "EMB", "--prompt", "a {}", *FAST], "not valid JSON"),
+    (["train", "--model", "SD", "--images", "BOMB_IMAGES", *TRAIN[3:]], "decompression bomb"),
+    (["neighbors", "apple", "--model", "CLIP_ZERO_LAYERS"], "no layers"),
+    (["residual-angles", "--model", "CLIP_ZERO_LAYERS"], "no layers"),
+    # 7. scorer folders checked before anything is generated
+    ([*REAL_EVAL, "--dino", "DINO_GARBAGE"], "not a readable safetensors file"),
+    ([*REAL_EVAL, "--dino", "DINO_PICKLE"], "safe loader refuses"),
+    ([*REAL_EVAL, "--siglip", "SIGLIP_NO_TOKENIZER"], "no tokenizer files"),
+    (["evaluate", "--model", "SD", "--embedding", "EMB", "--class-word", "dog", "--reference", "REFS", "--siglip", "REAL_SIGLIP"],
+     "README"),
+    # 8. compare reads run files of the wrong types
+    (["compare", "RUN_KAPPA_TEXT"], "field 'kappa'"),
+    (["compare", "RUN_DRIFT_LIST"], "field 'drift'"),
+    (["compare", "RUN_EVAL_TEXT"], "field 'image_similarity'"),
+    (["compare", "RUN_LOG_TEXT"], "field 'step'"),
+    (["interpolate", "RUN_KAPPA_TEXT", "EMB2"], "field 'kappa'"),  # every reader of a run's results.json checks it
+    # 9. options that were ignored or merged
+    (["probe-position", "--model", "CLIP", "--load-probe", "DAMAGED_PROBE", "--probe-dir", "DIR"], "drop --probe-dir"),
+    (["inspect", "EMB", "--model", "CLIP", "--no-effects", "--word", "cat"], "--no-effects"),
+    (["inspect", "EMB", "EMB", "--model", "CLIP"], "given twice"),
+    (["convert", "EMB", "--to", "a1111", "--token", "<x>", "--out", "OUT.safetensors"], "file name"),
+    (["convert", "EMB", "--to", "diffusers", "--encoder", "2", "--out", "OUT.safetensors"], "drop --encoder"),
+    (["convert", "EMB", "--to", "diffusers", "--token", "a b", "--out", "OUT.safetensors"], "spaces"),
+    (["compare", "RUN_GOOD", "RUN_GARBAGE_LOG", "--labels", "x", "x"], "given twice"),
+    (["generate", "--model", "SD", "--embedding", "EMB", "EMB_SAME_NAME", "--prompt", "a {}", *FAST], "both carry the token"),
+    (["generate", "--model", "SD", "--embedding", "EMB", "--prompt", "a photo", *FAST], "neither a '{}' slot"),
+    (["train", "--model", "SD", *TRAIN[1:], "--validation-prompt", ""], "empty validation prompt"),
+    (["convert", "EMB", "--to", "diffusers", "--token", "\u202edog", "--out", "OUT.safetensors"], "invisible character"),
+    ([*INTERP, "--token", "<a\x00>"], "invisible character"),
+    # found by the sweep: half an SDXL pair read as a token named clip_l; a pair whose parts differ in count
+    (["norms", "--embedding", "SDXL_HALF", "--model", "CLIP"], "holds only clip_l"),
+    (["inspect", "SDXL_COUNT", "--model", "CLIP"], "same count"),
+    # 10. antipodal tokens
+    (["interpolate", "EMB", "EMB_NEG"], "opposite directions"),
+    (["interpolate", "EMB", "EMB_NEG", "--mode", "lerp"], "opposite directions"),
+    # runs of different kinds do not mix in one folder
+    (["neighbors", "apple", "--model", "CLIP", "--out", "NORMS_RUN"], "holds the output of `geomkit norms`"),
+    (["train", "--model", "SD", *TRAIN[1:], "--out", "NORMS_RUN"], "holds the output of `geomkit norms`"),  # overwrote its results.json
+]
 if not torch.cuda.is_available():
     CASES += [
         ([*GEN, "--device", "cuda"], "CUDA is not available"),
@@ -213,6 +416,7 @@ def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, monkeypatch, 
     monkeypatch.chdir(cwd)
     out = tmp_path / "out"
     subst = dict(world, OUT=str(out), **{"OUT.safetensors": str(out) + ".safetensors"})
+    before = _snapshot(world)
     argv = [subst.get(a, a) for a in argv]
     if argv[0] not in ("reproduce", "frobnicate") and "--out" not in argv:
         argv += ["--out", str(out)]
@@ -224,6 +428,16 @@ def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path, monkeypatch, 
     assert lines[0].startswith(f"geomkit {argv[0]}: error: " if argv[0] != "frobnicate" else "geomkit: error: ")
     assert not out.exists(), sorted(p.name for p in out.rglob("*"))
     assert not any(cwd.iterdir()), sorted(p.name for p in cwd.rglob("*"))
+    assert _snapshot(world) == before  # nothing of the inputs changed, nothing added beside them
+    assert not os.path.exists("/tmp/geomkit-pwned")  # no pickle ran
+
+
+def _snapshot(world) -> dict:
+    """Every file under the world's folders: path -> (size, mtime)."""
+    from pathlib import Path
+
+    root = Path(world["EMB"]).parent
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
 def test_reproduce_redoes_a_step_whose_results_are_damaged(tmp_path):

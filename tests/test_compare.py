@@ -43,12 +43,17 @@ def test_compare_tabulates_two_real_runs(runs, tmp_path, capsys):
     src = {m: json.loads((runs[m] / "results.json").read_text()) for m in runs}
     frame = pd.read_csv(out / "compare.csv")
     assert list(frame["run"]) == ["dti", "ti"] and list(frame["method"]) == ["dti", "ti"]
-    for col in ("run", "method", "model", "m*", "kappa", "final norm", "image", "text", "steps", "time (s)"):
+    for col in ("run", "method", "model", "m*", "kappa", "lr", "final loss", "final norm", "image", "text", "steps", "time (s)"):
         assert col in frame.columns
     for i, m in enumerate(("dti", "ti")):
         assert frame["m*"][i] == pytest.approx(src[m]["m_star"][0], rel=1e-12)
         assert frame["final norm"][i] == pytest.approx(src[m]["final_norm"][0], rel=1e-12)
-        assert frame["kappa"][i] == pytest.approx(src[m]["kappa"])
+        if m == "dti":  # kappa is the vMF prior's: shown for the methods that have one, blank for TI
+            assert frame["kappa"][i] == pytest.approx(src[m]["kappa"])
+        else:
+            assert pd.isna(frame["kappa"][i])
+        assert frame["lr"][i] == pytest.approx(src[m]["lr"])
+        assert frame["final loss"][i] == pytest.approx(src[m]["final_loss_mean10"])
         assert frame["steps"][i] == 6 and frame["time (s)"][i] == pytest.approx(src[m]["seconds"])
         assert frame["cos to prior"][i] == pytest.approx(src[m]["cos_to_prior"])
         for w in ("fox", "dog", "cat"):

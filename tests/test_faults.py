@@ -254,8 +254,10 @@ def test_resume_skips_damaged_checkpoints_naming_them(lm_dir, tmp_path, capsys, 
     capsys.readouterr()
     assert main(["train", "--out", str(out), "--resume", "--steps", str(STEPS), "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "skipping checkpoint" in err and "step-000012" in err and "step-000009" in err
-    assert "resuming from step 6" in err
+    skipped = [ln for ln in err.splitlines() if "damaged checkpoint" in ln]
+    assert len(skipped) == 1, err  # the skipped checkpoints are one line, each named in it with its reason
+    assert "skipped 2 damaged checkpoints" in skipped[0] and "step-000012" in skipped[0] and "step-000009" in skipped[0]
+    assert "SHA-256" in skipped[0] and "resuming from step 6" in err
     assert torch.equal(learned(out), reference)
     assert log_steps(out) == list(range(1, STEPS + 1))
 
@@ -272,8 +274,9 @@ def test_resume_with_no_good_checkpoint_is_one_line(lm_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert code == 2 and "Traceback" not in err
-    assert "skipping checkpoint" in lines[0] and "step-000003" in lines[0]
-    assert len(lines) == 2 and "no checkpoint" in lines[1] and "passes its integrity check" in lines[1]
+    # "none good" is one line: the error, naming each checkpoint it skipped and why
+    assert len(lines) == 1 and "no checkpoint" in lines[0] and "passes its integrity check" in lines[0]
+    assert "skipped: " in lines[0] and "step-000003" in lines[0] and "unreadable" in lines[0]
 
 
 # ---- retention ------------------------------------------------------------------------------------

@@ -83,7 +83,10 @@ def test_sdxl_two_encoders_formats_and_conditioning(tiny_dir, images, tmp_path):
         assert ln["norm"] == pytest.approx(m1, rel=1e-6) and ln["norm_2"] == pytest.approx(m2, rel=1e-6)
     e1 = load_file(str(tmp_path / "learned_embeds.safetensors"))[TOKEN]
     e2 = load_file(str(tmp_path / "learned_embeds_2.safetensors"))[TOKEN]
-    pair = load_file(str(tmp_path / "learned_embeds_sdxl.safetensors"))
+    pair = load_file(str(tmp_path / "cat-toy.safetensors"))  # named after the token, as A1111/ComfyUI expect
+    from geomkit.embeddings_io import read_embedding
+
+    assert read_embedding(tmp_path / "cat-toy.safetensors").name == TOKEN  # the token travels in the metadata
     assert set(pair) == {"clip_l", "clip_g"} and e1.shape == (2, 32) and e2.shape == (2, 48)
     assert torch.equal(pair["clip_l"], e1) and torch.equal(pair["clip_g"], e2)
     assert torch.allclose(e2.double().norm(dim=-1), torch.full((2,), m2, dtype=torch.float64), rtol=1e-6)

@@ -183,15 +183,43 @@ def word_list(text: str) -> list[str]:
     return words
 
 
+def _kind(text: str) -> str:
+    """"dir", "file", "missing", or why the OS refuses the name (too long, ...): argparse types
+    never raise an OSError from a path."""
+    import os
+
+    from geomkit.report import NAME_MAX
+
+    p = Path(text).expanduser()
+    for part in p.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            return f"a name in the path is {len(os.fsencode(part))} bytes long (at most {NAME_MAX}): no such file"
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, NotADirectoryError):
+            return "missing"
+        return f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    import stat
+
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    return "file"
+
+
 def existing_file(text: str) -> str:
     """argparse type: a file that exists (a folder gets its own message)."""
     if not str(text).strip():
         raise argparse.ArgumentTypeError("empty path; give a file")
-    p = Path(text).expanduser()
-    if p.is_dir():
+    kind = _kind(text)
+    if kind == "dir":
         raise argparse.ArgumentTypeError(f"{text} is a folder; give a file")
-    if not p.exists():
+    if kind == "missing":
         raise argparse.ArgumentTypeError(f"{text}: file not found")
+    if kind != "file":
+        raise argparse.ArgumentTypeError(f"{text}: {kind}")
     return text
 
 
@@ -199,11 +227,13 @@ def existing_dir(text: str) -> str:
     """argparse type: a folder that exists (a file gets its own message)."""
     if not str(text).strip():
         raise argparse.ArgumentTypeError("empty path; give a folder")
-    p = Path(text).expanduser()
-    if p.exists() and not p.is_dir():
+    kind = _kind(text)
+    if kind == "file":
         raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
-    if not p.exists():
+    if kind == "missing":
         raise argparse.ArgumentTypeError(f"{text}: folder not found")
+    if kind != "dir":
+        raise argparse.ArgumentTypeError(f"{text}: {kind}")
     return text
 
 
@@ -211,20 +241,41 @@ def file_or_dir(text: str) -> str:
     """argparse type: an existing file or folder."""
     if not str(text).strip():
         raise argparse.ArgumentTypeError("empty path")
-    if not Path(text).expanduser().exists():
+    kind = _kind(text)
+    if kind == "missing":
         raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
+    if kind not in ("file", "dir"):
+        raise argparse.ArgumentTypeError(f"{text}: {kind}")
     return text
 
 
 def out_dir(text: str) -> str:
-    """argparse type: a folder to write into: not empty, not an existing file, nor under one."""
+    """argparse type: a folder to write into: not empty, not an existing file, nor under one, and
+    nothing the OS refuses (a name over 255 bytes, /proc, a folder this user cannot write):
+    `report.check_out_path`, the one check every output path gets."""
     if not str(text).strip():
         raise argparse.ArgumentTypeError("empty folder name; give a folder (e.g. runs/mine)")
-    from geomkit.report import file_in_the_way
+    from geomkit.report import file_in_the_way, path_problem
 
-    where = file_in_the_way(Path(text).expanduser())
+    where = file_in_the_way(Path(text).expanduser()) or path_problem(text)
     if where:
         raise argparse.ArgumentTypeError(f"{text}: not a writable folder ({where}); give a folder")
+    return text
+
+
+def out_file(text: str) -> str:
+    """argparse type: a file to write (its folder is created): the same check as `out_dir`."""
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("empty file name; give a file (e.g. runs/token.safetensors)")
+    from geomkit.errors import GeomkitError
+    from geomkit.report import check_out_path
+
+    if _kind(text) == "dir":
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    try:
+        check_out_path(text, "", kind="file")
+    except GeomkitError as exc:
+        raise argparse.ArgumentTypeError(str(exc).strip()) from None
     return text
 
 
@@ -232,9 +283,11 @@ def model_spec(text: str) -> str:
     """argparse type for --model: not empty, and not a file."""
     if not str(text).strip():
         raise argparse.ArgumentTypeError("empty model name; give gemma3-270m, minilm-l6, whisper-tiny-en or a folder")
-    p = Path(text).expanduser()
-    if p.exists() and not p.is_dir():
+    kind = _kind(text)
+    if kind == "file":
         raise argparse.ArgumentTypeError(f"{text} is a file; give a model or pipeline folder")
+    if kind not in ("dir", "missing"):
+        raise argparse.ArgumentTypeError(f"{text}: {kind}")
     return text
 
 

@@ -58,7 +58,7 @@ def run(args) -> int:
         from geomkit.errors import GeomkitError
 
         raise GeomkitError("--scales: a slope needs at least 2 distinct scales")
-    out = report.prepare_out(args.out)
+    out = report.prepare_out(args.out, command="attenuation")
     enc = load(args)
     res = run_attenuation(enc, scales, args.tokens, args.positions, args.seed)
     if not res["applicable"]:

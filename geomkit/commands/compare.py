@@ -28,15 +28,12 @@ def add_arguments(p):
     add_out_arg(p, "runs/compare")
 
 
-def _read_json(path):
-    import json
+def _read_json(path, schema=None, what: str = ""):
+    """A run file, checked against what geomkit writes (`geomkit.runfiles`): a field of the wrong
+    type is one line naming the file and the field."""
+    from geomkit.runfiles import read_json
 
-    from geomkit.errors import GeomkitError
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise GeomkitError(f"{path}: not readable JSON ({exc})") from None
+    return read_json(path, schema, what)
 
 
 def read_log(path) -> list[dict]:
@@ -45,6 +42,8 @@ def read_log(path) -> list[dict]:
     import json
 
     from geomkit.errors import GeomkitError
+
+    from geomkit.runfiles import LOG_LINE, check_fields
 
     rows = []
     if path.is_file():
@@ -61,6 +60,7 @@ def read_log(path) -> list[dict]:
                 if i == len(lines) - 1 and rows:
                     continue  # a line cut by a crash: the rest is still usable
                 raise GeomkitError(f"{path}, line {n}: not a JSON log line; the training log is damaged (move it away to compare without it)")
+            check_fields(row, LOG_LINE, path, line=n)
             rows.append(row)
         if lines and not any("step" in r for r in rows):
             raise GeomkitError(f"{path}: holds no training steps (not a `geomkit train` log); move it away to compare without it")
@@ -72,15 +72,17 @@ def load_run(run_dir, eval_dir: str = "eval") -> dict:
 
     from geomkit.generation import read_run_results
 
+    from geomkit.runfiles import EVAL_RESULTS, TRAIN_CONFIG, TRAIN_RESULTS, check_fields
+
     run = Path(run_dir).expanduser()
-    results = read_run_results(run)  # one-line error when missing
+    results = check_fields(read_run_results(run), TRAIN_RESULTS, run / "results.json")  # one-line error when missing
     ev = run / eval_dir / "results.json"
     cfg = run / "config.json"
     return {
         "dir": run,
         "results": results,
-        "eval": _read_json(ev) if ev.is_file() else None,
-        "config": _read_json(cfg) if cfg.is_file() else {},
+        "eval": _read_json(ev, EVAL_RESULTS, "the results of `geomkit evaluate`") if ev.is_file() else None,
+        "config": _read_json(cfg, TRAIN_CONFIG, "a `geomkit train` config.json") if cfg.is_file() else {},
         "log": read_log(run / "train_log.jsonl"),
     }
 
@@ -113,17 +115,33 @@ def _lora_label(lora) -> str:
     return f"r{lora['rank']} a{lora.get('alpha', lora['rank']):g}"
 
 
+KAPPA_METHODS = ("dti", "dti-adamw")  # the methods with a vMF prior (train/optim.make_optimizer)
+
+
+def resolution_of(cfg: dict):
+    """The training resolution a run used: the objective's own (config.json records the pipeline's
+    default when --resolution was not given), else the option; None for an LM run."""
+    described = cfg.get("objective")
+    if isinstance(described, dict) and isinstance(described.get("resolution"), int):
+        return described["resolution"]
+    return cfg.get("resolution")
+
+
 def table_row(label: str, run: dict, drift_words: list) -> dict:
     r, ev, cfg = run["results"], run["eval"] or {}, run["config"]
     m_star = _num_or_list(r.get("m_star"))
     magnitude = cfg.get("magnitude")
+    method = r.get("method")
     row = {
         "run": label,
-        "method": r.get("method"),
+        "method": method,
         "model": short_model(r.get("model")),
         "m*": m_star,
         "m* spec": magnitude if magnitude not in (None, "") else None,
-        "kappa": r.get("kappa"),
+        "kappa": r.get("kappa") if method in KAPPA_METHODS else None,  # TI and crossinit have no prior: no kappa
+        "lr": r.get("lr") if r.get("lr") is not None else cfg.get("lr"),
+        "final loss": r.get("final_loss_mean10") if r.get("final_loss_mean10") is not None else r.get("final_loss"),
+        "resolution": resolution_of(cfg),
         "final norm": _num_or_list(r.get("final_norm")),
         "image": ev.get("image_similarity"),
         "text": ev.get("text_alignment"),
@@ -245,7 +263,7 @@ def _fmt_table(rows, cols):
     """Rows for printing: kappa in short scientific form (1e-04 would print as 0.000)."""
 
     def show(c, v):
-        if c == "kappa" and isinstance(v, (int, float)):
+        if c in ("kappa", "lr") and isinstance(v, (int, float)):
             return f"{v:g}"
         return v
 
@@ -260,13 +278,14 @@ def run(args) -> int:
 
     if args.labels and len(args.labels) != len(args.runs):
         raise GeomkitError(f"--labels gives {len(args.labels)} label(s) for {len(args.runs)} run(s)")
+    no_duplicates(args.labels, "--labels")  # two runs under one label could not be told apart
     no_duplicates(args.runs, "RUN_DIR", paths=True)
     runs = [load_run(r, args.eval_dir) for r in args.runs]
     labels = list(args.labels) if args.labels else [r["dir"].resolve().name for r in runs]
     if len(set(labels)) != len(labels):
         labels = [str(r["dir"]) for r in runs]
     metric = text_metric([table_row(lab, run, []) for lab, run in zip(labels, runs)])
-    out = report.prepare_out(args.out)
+    out = report.prepare_out(args.out, command="compare")
     if args.related:
         related_cosines(runs, args.related)
 
@@ -276,7 +295,7 @@ def run(args) -> int:
             if w not in drift_words:
                 drift_words.append(w)
     rows = [table_row(lab, run, drift_words) for lab, run in zip(labels, runs)]
-    for col in ("m* spec",):
+    for col in ("m* spec", "resolution", "kappa"):
         if all(r[col] is None for r in rows):
             for r in rows:
                 del r[col]
@@ -284,11 +303,12 @@ def run(args) -> int:
     frame = pd.DataFrame(rows)
     report.write_csv(out / "compare.csv", frame)
 
-    with_lora = any(r["lora"] != "-" or r["loss"] == "dco" for r in rows)
-    main_cols = ["run", "method", "model", "m*", "kappa", "final norm"] + (["lora", "loss"] if with_lora else []) + \
-        ["image", "text", "steps", "time (s)"]
+    with_lora = any(r.get("lora", "-") != "-" or r.get("loss") == "dco" for r in rows)
+    main_cols = [c for c in ["run", "method", "model", "m*", "kappa", "lr", "steps", "resolution", "final loss", "final norm"]
+                 + (["lora", "loss"] if with_lora else []) + ["image", "text", "time (s)"] if c in rows[0]]
     t2 = _table2(rows)
-    t3 = _fmt_table(rows, ["run", "method", "m*"] + (["m* spec"] if "m* spec" in rows[0] else []) + ["kappa", "image", "text"])
+    t3 = _fmt_table(rows, ["run", "method", "m*"] + (["m* spec"] if "m* spec" in rows[0] else [])
+                    + (["kappa"] if "kappa" in rows[0] else []) + ["image", "text"])
     drift_cols = ["run", "cos to prior", "angle from init (deg)"] + [f"cos {w}" for w in drift_words]
     md = ["# geomkit compare", "", "## Runs", "", report.markdown_table(_fmt_table(rows, main_cols)), "",
           "## Table 2 layout (image / text per model; mean over runs of a method)", "", report.markdown_table(t2) if t2 else "(no evaluated runs)", "",

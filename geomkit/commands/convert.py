@@ -17,17 +17,35 @@ DESCRIPTION = (
 
 
 def add_arguments(p):
-    from geomkit.commands._common import existing_file, nonempty
+    from geomkit.commands._common import existing_file, out_file
 
     p.add_argument("inputs", nargs="+", type=existing_file, metavar="IN", help="embedding file (two files for --to sdxl: the CLIP-L and the bigG part)")
     p.add_argument("--to", required=True, choices=("diffusers", "a1111", "sdxl"), help="layout to write")
-    p.add_argument("--out", required=True, metavar="FILE", help="output file (*.safetensors)")
-    p.add_argument("--token", default=None, type=nonempty("token name"), metavar="TOKEN", help="token name for --to diffusers (default: the name the file carries)")
+    p.add_argument("--out", required=True, type=out_file, metavar="FILE", help="output file (*.safetensors)")
+    p.add_argument("--token", default=None, type=token_name, metavar="TOKEN",
+                   help="token name for --to diffusers (the file's key) and --to sdxl (its metadata); default: the name the file "
+                        "carries. --to a1111 takes the word from the file name: name --out after the token instead")
     p.add_argument(
         "--encoder", type=int, default=None, choices=(1, 2),
         help="from an SDXL pair to diffusers/a1111: which part (1 = clip_l, 2 = clip_g)",
     )
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+
+def token_name(text: str) -> str:
+    """argparse type: a token name a prompt can hold: not empty, no spaces (a prompt would split it)."""
+    import argparse
+
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("empty token name; give a name such as <my-token>")
+    if any(ch.isspace() for ch in text):
+        raise argparse.ArgumentTypeError(f"{text!r}: a token name cannot hold spaces (a prompt would split it); e.g. <my-token>")
+    from geomkit.models import invisible_char
+
+    if invisible_char(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: holds the invisible character {invisible_char(text)}, which no prompt can be "
+                                         "typed with; e.g. <my-token>")
+    return text
 
 
 def run(args) -> int:
@@ -46,9 +64,18 @@ def run(args) -> int:
         raise GeomkitError(f"--out {args.out} exists; pass --force to overwrite it")
     if out.parent.exists() and not out.parent.is_dir():
         raise GeomkitError(f"--out {args.out}: {out.parent} is not a folder")
+    if args.token is not None and args.to == "a1111":
+        raise GeomkitError(f"--token {args.token} with --to a1111: A1111 and ComfyUI take the prompt word from the file name, "
+                           f"not from the file; drop --token and name the file after the token (e.g. --out {out.parent / (args.token.strip('<>') or 'token')}.safetensors)")
     files = [read_embedding(p) for p in ins]
+    if args.encoder is not None and not any(f.is_pair for f in files):
+        raise GeomkitError(f"--encoder {args.encoder}: picks the part of an SDXL clip_l/clip_g file, and "
+                           f"{', '.join(Path(f.path).name for f in files)} hold{'s' if len(files) == 1 else ''} one part; drop --encoder")
+    if args.encoder is not None and args.to == "sdxl":
+        raise GeomkitError(f"--encoder {args.encoder} with --to sdxl: the SDXL file holds both parts; drop --encoder")
     tensors = convert_tensors(files, args.to, token=args.token, encoder=args.encoder)
-    back = write_converted(out, tensors)
+    name = args.token or files[0].name
+    back = write_converted(out, tensors, token=name if args.to == "sdxl" else None)
 
     src = ", ".join(f"{Path(f.path).name} ({f.layout}, {f.container})" for f in files)
     shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in tensors.items())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from geomkit.commands._common import existing_dir, existing_file, int_range, model_spec, nonempty, out_dir
-from geomkit.commands.generate import add_generation_args, check_generation_args, generation_settings
+from geomkit.commands.generate import add_generation_args, check_generation_args, check_merged, generation_settings, guidance_used
 
 NAME = "evaluate"
 ORDER = 71
@@ -31,7 +31,7 @@ def add_arguments(p):
                     help="DreamBooth object or live-subject list + 10 complex prompts (35 each), or all 45; "
                          "auto: live for dog/cat, else object (default auto)")
     ev.add_argument("--prompts", metavar="FILE", default=None, type=existing_file, help="your own prompt file (each line with a '{}' placeholder; '#@ SECTION' lines as in the shipped file)")
-    ev.add_argument("--dino", required=True, type=existing_dir, metavar="DIR", help="DINOv2 model folder (transformers Dinov2Model + image processor), e.g. facebook/dinov2-base")
+    ev.add_argument("--dino", default=None, type=existing_dir, metavar="DIR", help="required: DINOv2 model folder (transformers Dinov2Model + image processor), e.g. facebook/dinov2-base (see the README for the download line)")
     ev.add_argument("--siglip", metavar="DIR", default=None, type=existing_dir, help="SigLIP model folder (SiglipModel + processor + tokenizer), e.g. google/siglip-base-patch16-512")
     ev.add_argument("--clip", metavar="DIR", default=None, type=existing_dir, help="CLIP model folder (CLIPModel): the text-alignment fallback when no --siglip is given")
     ev.add_argument("--eval-batch-size", type=int_range(1, 1024, "the batch size"), default=16, help="images per scoring forward (default 16)")
@@ -45,7 +45,7 @@ def resolve_inputs(args):
     from pathlib import Path
 
     from geomkit.errors import GeomkitError
-    from geomkit.evaluation import image_files, load_images, scorer_model_type, select_prompts
+    from geomkit.evaluation import check_scorer, image_files, load_images, select_prompts
     from geomkit.generation import check_token_names, check_tokens_fit, pipeline_dir, read_run_results, read_tokens, run_token
 
     if bool(args.run) == bool(args.embedding):
@@ -56,6 +56,7 @@ def resolve_inputs(args):
         token = run_token(args.run)
     else:
         tokens = read_tokens(args.embedding)
+        check_merged(tokens)
         if len(tokens) != 1:
             raise GeomkitError(f"--embedding: {len(tokens)} different tokens ({', '.join(t.name for t in tokens)}); evaluate scores one")
         token = tokens[0]
@@ -80,13 +81,19 @@ def resolve_inputs(args):
     if args.prompt_set and prompt_set == "file":
         raise GeomkitError(f"--prompt-set {args.prompt_set} with --prompts {args.prompts}: the file has no '#@ SECTION' lines, "
                            "so it is used whole; drop --prompt-set (or add sections to the file)")
-    scorer_model_type(args.dino, "dinov2", "--dino")
-    if args.siglip:
-        scorer_model_type(args.siglip, "siglip", "--siglip")
-    if args.clip:
-        scorer_model_type(args.clip, "clip", "--clip")
+    if not args.dino:
+        raise GeomkitError("--dino DIR is required: a local DINOv2 model folder for subject fidelity; geomkit never downloads, so "
+                           "fetch it once as the README's evaluate line shows (hf download facebook/dinov2-base --local-dir "
+                           "models/dinov2-base) and pass --dino models/dinov2-base")
     if not (args.siglip or args.clip):
-        raise GeomkitError("text alignment needs --siglip DIR (the paper's metric) or --clip DIR (fallback)")
+        raise GeomkitError("text alignment needs --siglip DIR (the paper's metric) or --clip DIR (fallback); fetch one as the "
+                           "README's evaluate line shows (hf download google/siglip-base-patch16-512 --local-dir models/siglip)")
+    # every scorer folder checked as far as it can be without building the model: before any image is generated
+    check_scorer(args.dino, "dinov2", "--dino")
+    if args.siglip:
+        check_scorer(args.siglip, "siglip", "--siglip")
+    if args.clip:
+        check_scorer(args.clip, "clip", "--clip")
     if args.eval_batch_size < 1:
         raise GeomkitError("--eval-batch-size must be at least 1")
     out = args.out or (str(Path(args.run) / "eval") if args.run else "runs/evaluate")
@@ -110,7 +117,7 @@ def run(args) -> int:
 
     check_generation_args(args)
     token, folder, class_word, ref_images, prompt_set, prompts, out_path = resolve_inputs(args)
-    out = report.prepare_out(out_path)
+    out = report.prepare_out(out_path, command="evaluate")
     from geomkit.runlock import acquire
 
     _lock = acquire(out, "evaluate")  # one live run per --out (it resumes there); released when run() returns
@@ -201,7 +208,8 @@ def run(args) -> int:
         "reference": str(args.reference),
         "dino_model": str(args.dino),
         "text_model": str(args.siglip or args.clip),
-        **{k: settings[k] for k in ("steps", "scheduler", "guidance", "size", "negative_prompt", "dtype")},
+        **{k: settings[k] for k in ("steps", "scheduler", "size", "negative_prompt", "dtype")},
+        "guidance": guidance_used(args.guidance, folder),
         "n_generated": made,
     }
     import pandas as pd

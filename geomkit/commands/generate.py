@@ -81,6 +81,24 @@ def generation_settings(args, pipeline_folder, tokens) -> dict:
     }
 
 
+def guidance_used(guidance, folder) -> float:
+    """The guidance scale the images were made with: the one given, else the pipeline's default
+    (diffusers': 5.0 for SDXL, 7.5 for SD 1.x/2.x), read from the folder (results.json says the
+    number, never null)."""
+    import json
+
+    from geomkit.generation import GUIDANCE_SD, GUIDANCE_SDXL
+
+    if guidance is not None:
+        return float(guidance)
+    try:
+        index = json.loads((Path(folder) / "model_index.json").read_text())
+    except (OSError, ValueError):
+        index = {}
+    two = isinstance(index, dict) and index.get("text_encoder_2") not in (None, [None, None])
+    return GUIDANCE_SDXL if two else GUIDANCE_SD
+
+
 def fill_tokens(template: str, names) -> str:
     """'{}' -> the tokens in order (the last repeats), '{k}' -> token k."""
     from geomkit.errors import GeomkitError
@@ -134,12 +152,29 @@ def read_prompt_lines(path) -> list[str]:
     return lines
 
 
+def check_merged(tokens) -> None:
+    """Files naming one token merge into one token only as the parts of different text encoders
+    (SDXL's learned_embeds + learned_embeds_2); two files for the same encoder would leave one
+    of them unused: refuse that."""
+    from geomkit.errors import GeomkitError
+
+    for t in tokens:
+        dims = [int(v.shape[-1]) for v in t.parts.values()]
+        if len(dims) != len(set(dims)):
+            d = next(x for x in dims if dims.count(x) > 1)
+            same = [p for p, v in zip(t.paths, t.parts.values()) if int(v.shape[-1]) == d] or t.paths
+            raise GeomkitError(f"{' and '.join(same)} both carry the token {t.name!r} for the same text encoder ({d}-d): "
+                               "one would be dropped; give them different names (geomkit convert --to diffusers --token NEW) "
+                               "or pass one of them")
+
+
 def collect_tokens(embedding_files, run_dirs, names=None):
     """Tokens from files and run folders, renamed by --token; the first run's results (or None)."""
     from geomkit.errors import GeomkitError
     from geomkit.generation import read_run_results, read_tokens, run_token
 
     tokens = read_tokens(embedding_files) if embedding_files else []
+    check_merged(tokens)
     first = None
     for rd in run_dirs:
         results = read_run_results(rd)
@@ -185,10 +220,15 @@ def run(args) -> int:
         with_slot = next((p for p in prompts if re.search(r"\{\d*\}", p)), None)
         if with_slot is not None:
             raise GeomkitError(f"prompt {with_slot!r} has a '{{}}' placeholder but no learned token is given (--embedding FILE or --run RUN_DIR)")
+    if names:
+        idle = next((p for p in prompts if not re.search(r"\{\d*\}", p) and not any(n in p for n in names)), None)
+        if idle is not None:
+            raise GeomkitError(f"prompt {idle!r} holds neither a '{{}}' slot nor the token's name ({', '.join(names)}): the learned "
+                               "token would not be used; add {} where it goes")
     texts = [fill_tokens(p, names) for p in prompts]
     check_token_names(folder, tokens)
 
-    out = report.prepare_out(args.out)
+    out = report.prepare_out(args.out, command="generate")
     from geomkit.runlock import acquire
 
     _lock = acquire(out, "generate")  # one live run per --out (it resumes there); released when run() returns
@@ -224,7 +264,8 @@ def run(args) -> int:
         "loras": [str(f) for f in args.lora],
         "prompts": texts,
         "seeds": args.seeds,
-        **{k: settings[k] for k in ("steps", "scheduler", "guidance", "size", "negative_prompt", "dtype")},
+        **{k: settings[k] for k in ("steps", "scheduler", "size", "negative_prompt", "dtype")},
+        "guidance": guidance_used(args.guidance, folder),
         "images": [[str(j.path.relative_to(out)) for j in row] for row in rows],
         "n_images": len(jobs),
         "n_generated": made,

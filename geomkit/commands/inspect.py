@@ -38,15 +38,38 @@ def add_arguments(p):
     p.add_argument("--fix", choices=("rescale",), default=None, help="rescale: also write and inspect a copy rescaled to m*")
     p.add_argument("--probe-dir", default=None, type=existing_dir, metavar="DIR",
                    help="a saved position probe (from `geomkit probe-position`) instead of a quick one")
-    p.add_argument("--word", default="dog", type=nonempty("word"),
+    p.add_argument("--word", default=None, type=nonempty("word"),
                    help="vocabulary word the residual angle is compared with, and whose place the token takes (default dog)")
     p.add_argument("--prompts", default=None, type=existing_file, metavar="FILE", help="prompts for the quick position probe (default: the packaged set)")
     p.add_argument("--templates", default=None, type=existing_file, metavar="FILE",
                    help="templates with one {} for the residual angles (default: the packaged set)")
-    p.add_argument("--max-prompts", type=positive_int, default=300, metavar="N", help="prompts used by the quick position probe (default 300)")
-    p.add_argument("--max-templates", type=positive_int, default=24, metavar="N", help="templates used for the residual angles (default 24)")
-    p.add_argument("--no-effects", action="store_true", help="skip the position and residual measurements (norms and neighbours only)")
+    p.add_argument("--max-prompts", type=positive_int, default=None, metavar="N", help=f"prompts used by the quick position probe (default {MAX_PROMPTS})")
+    p.add_argument("--max-templates", type=positive_int, default=None, metavar="N", help=f"templates used for the residual angles (default {MAX_TEMPLATES})")
+    p.add_argument("--no-effects", action="store_true",
+                   help="skip the position and residual measurements (norms and neighbours only); the options of those "
+                        "measurements (--word, --probe-dir, --prompts, --templates, --max-*) are refused with it")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the quick probe's prompts and training (default 0)")
+
+
+WORD, MAX_PROMPTS, MAX_TEMPLATES = "dog", 300, 24
+EFFECT_OPTIONS = ("word", "probe_dir", "prompts", "templates", "max_prompts", "max_templates")
+
+
+def check_options(args) -> None:
+    """The measurement options mean nothing under --no-effects: refuse them rather than ignore them;
+    then fill in their defaults. A file given twice would be reported twice under one name."""
+    from geomkit.commands._common import no_duplicates
+    from geomkit.errors import GeomkitError
+
+    no_duplicates(args.files, "FILE", paths=True)
+    if args.no_effects:
+        given = [f"--{k.replace('_', '-')}" for k in EFFECT_OPTIONS if getattr(args, k) is not None]
+        if given:
+            raise GeomkitError(f"{', '.join(given)} with --no-effects: {'it sets' if len(given) == 1 else 'they set'} the position and "
+                               f"residual measurements, which --no-effects skips; drop {'it' if len(given) == 1 else 'them'} or --no-effects")
+    args.word = args.word or WORD
+    args.max_prompts = args.max_prompts or MAX_PROMPTS
+    args.max_templates = args.max_templates or MAX_TEMPLATES
 
 
 # ---- planning ----------------------------------------------------------------------------------
@@ -178,9 +201,9 @@ def markdown(results: dict, notes: list) -> str:
         rows = [
             {
                 "rank": i + 1,
-                "cosine": t["cosine_neighbors"][i]["token"] if i < len(t["cosine_neighbors"]) else "",
+                "cosine": t["cosine_neighbors"][i].get("text", t["cosine_neighbors"][i]["token"]) if i < len(t["cosine_neighbors"]) else "",
                 "cos": t["cosine_neighbors"][i]["score"] if i < len(t["cosine_neighbors"]) else None,
-                "euclidean": t["euclidean_neighbors"][i]["token"] if i < len(t["euclidean_neighbors"]) else "",
+                "euclidean": t["euclidean_neighbors"][i].get("text", t["euclidean_neighbors"][i]["token"]) if i < len(t["euclidean_neighbors"]) else "",
                 "dist": t["euclidean_neighbors"][i]["score"] if i < len(t["euclidean_neighbors"]) else None,
             }
             for i in range(k)
@@ -225,12 +248,13 @@ def run(args) -> int:
     from geomkit.probes import _args
     from geomkit.probes.prompts import EVAL_PROMPTS, read_prompts
 
+    check_options(args)
     files = [read_embedding(f) for f in args.files]  # every file checked before any model loads
     prompts = templates = None
     if not args.no_effects:
         prompts = _args.subsample(read_prompts(args.prompts), args.max_prompts, args.seed)
         templates = _args.subsample(read_prompts(args.templates, default=EVAL_PROMPTS, placeholder=True), args.max_templates, args.seed)
-    out = report.prepare_out(args.out)
+    out = report.prepare_out(args.out, command="inspect")
 
     dims = model_dims(args.model)
     if dims is None:
@@ -257,7 +281,7 @@ def run(args) -> int:
 
     def rows_for(name, vectors, file, i, fixed=None):
         enc, vn, pos_s, res_s = encoder_state(i)
-        nbs = ins.neighbours(enc.embedding_table(), vectors, enc.token_str, k=args.top_k)
+        nbs = ins.neighbours(enc.embedding_table(), vectors, enc.token_str, k=args.top_k, token_text=enc.token_text)
         rows = []
         for k, v in enumerate(vectors):
             label = (name if len(vectors) == 1 else f"{name}[{k}]") + (" (rescaled)" if fixed else "")
@@ -290,7 +314,10 @@ def run(args) -> int:
 
     shown = dict(zip(map(id, files), distinct_names([f.path for f in files], [f.name for f in files])))
     tokens = []
-    for ef, label, i in plan:
+    bar = report.progress(plan, desc="inspecting" if args.no_effects else "inspecting (norms, neighbours, position, residual angles)",
+                          unit="part")
+    for ef, label, i in bar:
+        bar.set_postfix_str(f"{shown[id(ef)]} on encoder {i}", refresh=True)
         tokens += rows_for(shown[id(ef)], ef.parts[label], ef.path, i)
 
     written, skipped = [], []
@@ -314,7 +341,7 @@ def run(args) -> int:
             if f in written:  # x.pt and x.safetensors in one folder: keep both
                 f = out / f"{stem}-{src.suffix.lstrip('.') or 'file'}-rescaled.safetensors"
             if set(fixed) == {"clip_l", "clip_g"}:
-                save_sdxl_pair(f, fixed["clip_l"][1], fixed["clip_g"][1])
+                save_sdxl_pair(f, fixed["clip_l"][1], fixed["clip_g"][1], token=ef.name)
             else:
                 save_learned(f, ef.name, next(iter(fixed.values()))[1])
             back = read_embedding(f)
@@ -372,8 +399,8 @@ def run(args) -> int:
     table = summary_rows(tokens)
     print(report.table_text(table, "{:.3f}"))
     for t in tokens:
-        cos = ", ".join(f"{nb['token']} {nb['score']:.2f}" for nb in t["cosine_neighbors"][:5])
-        euc = ", ".join(f"{nb['token']} {nb['score']:.2f}" for nb in t["euclidean_neighbors"][:5])
+        cos = ", ".join(f"{nb.get('text', nb['token'])} {nb['score']:.2f}" for nb in t["cosine_neighbors"][:5])
+        euc = ", ".join(f"{nb.get('text', nb['token'])} {nb['score']:.2f}" for nb in t["euclidean_neighbors"][:5])
         print(f"\n{t['token']} (encoder {t['encoder']}):")
         print(f"  cosine neighbours:    {cos}")
         print(f"  euclidean neighbours: {euc}")

@@ -101,7 +101,10 @@ def run(args) -> int:
     if all(a[k].shape == b[k].shape and bool((a[k] == b[k]).all()) for k in a):
         raise GeomkitError(f"A ({args.a}) and B ({args.b}) hold the same vectors: every interpolant would equal them; give two different tokens")
 
-    out = report.prepare_out(args.out)
+    from geomkit.interpolation import check_not_opposite
+
+    check_not_opposite(a, b)
+    out = report.prepare_out(args.out, command="interpolate")
     mixes = interpolate(a, b, ratios, args.mode)
     info = describe(a, b, mixes)
     sdxl = "clip_l" in a
@@ -120,7 +123,7 @@ def run(args) -> int:
     for i, (t, m) in enumerate(zip(ratios, mixes)):
         f = out / f"mix-{i:02d}-r{t:.2f}.safetensors"
         if sdxl:
-            save_sdxl_pair(f, m["clip_l"], m["clip_g"])
+            save_sdxl_pair(f, m["clip_l"], m["clip_g"], token=args.token)
         else:
             save_learned(f, args.token, m["embedding"])
         files.append(f.name)

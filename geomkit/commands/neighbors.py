@@ -31,7 +31,7 @@ def query_table(enc, words, embedding_files=(), k=10):
     queries = {}
     for word in words:
         tid = enc.token_id(word)
-        queries[word] = {"token": enc.token_str(tid), "vector": table[tid], "exclude": [tid]}
+        queries[word] = {"token": enc.token_str(tid), "text": enc.token_text(tid), "vector": table[tid], "exclude": [tid]}
     for name, vectors in load_learned_set(embedding_files, d_model=enc.d_model).items():
         for j, vec in enumerate(vectors):
             label = name if len(vectors) == 1 else f"{name}[{j}]"
@@ -56,7 +56,7 @@ def run(args) -> int:
     no_duplicates(args.words, "WORD")
     no_duplicates(args.embedding, "--embedding", paths=True)
     no_duplicates(args.related, "--related")
-    out = report.prepare_out(args.out)
+    out = report.prepare_out(args.out, command="neighbors")
     enc = load_encoder(args.model, encoder=args.encoder)
     if args.top_k >= enc.vocab_size:
         raise GeomkitError(f"--top-k {args.top_k}: the vocabulary of {enc.name} has only {enc.vocab_size} tokens")
@@ -85,9 +85,10 @@ def run(args) -> int:
                 {
                     "query": label,
                     "rank": rank + 1,
-                    "euclidean": entry["euclidean"][rank]["token"],
+                    # decoded for people (CLIP's </w>, byte-level BPE's Ġ and mojibake); results.json keeps the raw pieces
+                    "euclidean": enc.token_text(e.ids[rank]),
                     "distance": entry["euclidean"][rank]["score"],
-                    "cosine": entry["cosine"][rank]["token"],
+                    "cosine": enc.token_text(c.ids[rank]),
                     "similarity": entry["cosine"][rank]["score"],
                 }
             )
@@ -95,7 +96,7 @@ def run(args) -> int:
     report.write_json(out / "results.json", results)
     print(f"model: {enc.name}   vocabulary: {enc.vocab_size} x {enc.d_model}")
     for label, entry in results["queries"].items():
-        print(f"\n{label!r} (token {entry['token']!r}, norm {entry['norm']:.4f})")
+        print(f"\n{label!r} (token {queries[label].get('text', entry['token'])!r}, norm {entry['norm']:.4f})")
         print(report.table_text([{k: v for k, v in r.items() if k != "query"} for r in rows if r["query"] == label]))
         if "related_cosine" in entry:
             print("cosine to related words: " + ", ".join(f"{w} {s:.3f}" for w, s in entry["related_cosine"].items()))

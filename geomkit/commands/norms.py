@@ -115,7 +115,7 @@ def run(args) -> int:
     from geomkit.commands._common import no_duplicates
 
     no_duplicates(args.embedding, "--embedding", paths=True)
-    out = report.prepare_out(args.out)
+    out = report.prepare_out(args.out, command="norms")
     enc = load_encoder(args.model, encoder=args.encoder)
     learned = load_learned_set(args.embedding, d_model=enc.d_model)
     norms = row_norms(enc.embedding_table())
@@ -144,7 +144,7 @@ def run(args) -> int:
     print(report.table_text([{k: stats[k] for k in ("mean", "median", "std", "min", "max")}]))
     for side in ("largest", "smallest"):
         print(f"\n{side} norms:")
-        print(report.table_text(extremes[side]))
+        print(report.table_text([{"token": enc.token_text(e["id"]), "id": e["id"], "norm": e["norm"]} for e in extremes[side]]))
     if specials:
         print("\nspecial tokens: " + ", ".join(f"{t} {n:.4f}" for t, n in specials.items()))
     if embeddings:

@@ -82,13 +82,25 @@ def run(args) -> int:
     _args.positive_int(args.hidden, "--hidden")
     _args.positive_int(args.epochs, "--epochs")
     _args.positive_int(args.min_support, "--min-support")
+    if args.probe_dir and args.load_probe:
+        from geomkit.errors import GeomkitError
+
+        raise GeomkitError(f"--probe-dir {args.probe_dir} with --load-probe {args.load_probe}: a loaded probe is not trained, so "
+                           "nothing would be saved; drop --probe-dir")
+    if args.load_probe:
+        for flag, value, default in (("--epochs", args.epochs, 40), ("--hidden", args.hidden, 256)):
+            if value != default:
+                from geomkit.errors import GeomkitError
+
+                raise GeomkitError(f"{flag} {value} with --load-probe: it sets the training of a new probe, and a loaded probe "
+                                   f"is not trained; drop {flag}")
     prompts = _args.subsample(read_prompts(args.prompts), args.max_prompts, args.seed)
     train_p, test_p = split_prompts(prompts, args.held_out, args.seed)
     if args.min_support > len(train_p):
         from geomkit.errors import GeomkitError
 
         raise GeomkitError(f"--min-support {args.min_support}: there are only {len(train_p)} training prompts; give at most that")
-    out = report.prepare_out(args.out)
+    out = report.prepare_out(args.out, command="probe-position")
     enc = load(args)
     site, site_why = pos.choose_site(enc, args.site)
     learned = _args.load_learned_set(enc, args.embedding, encoder=args.encoder if enc.pipeline_dir else None)
@@ -137,8 +149,12 @@ def run(args) -> int:
     print(f"model: {enc.name}   site: {site}   positions: {res.n_positions} (chance {100 * res.chance:.1f}%)")
     if not args.site and enc.family.positions == "rope":
         print(f"site chosen automatically: {site_why}")
+    import math
+
+    train_acc = (f"train accuracy {100 * res.train_accuracy:.1f}%" if math.isfinite(res.train_accuracy)
+                 else f"probe loaded from {args.load_probe} (not trained here)")
     print(
-        f"prompts: {res.n_train_prompts} train / {res.n_heldout_prompts} held out   train accuracy {100 * res.train_accuracy:.1f}%   "
+        f"prompts: {res.n_train_prompts} train / {res.n_heldout_prompts} held out   {train_acc}   "
         f"held-out, all tokens {100 * res.baseline_all_tokens:.1f}%"
     )
     print(report.table_text([{"condition": r["condition"], "m": r["scale"], "accuracy %": 100 * r["accuracy"]} for r in rows], "{:.2f}"))

@@ -52,7 +52,22 @@ def run(args) -> int:
     figures = report.prepare_out(args.figures or base / "figures", "--out" if args.out and not args.figures else "--figures")
     steps = [s for s in plan(results, args.quick)
              if (not args.only or s.name in args.only) and (not args.models or s.model in args.models)]
-    status = run_steps(steps, results, figures, force=args.force)
+    import signal
+    import sys
+
+    from geomkit.reproduce import StepStopped
+
+    def stop(signum, frame):  # outside a training step: stop between steps, with the signal's status
+        raise StepStopped(128 + signum, "in progress (finished steps are kept)")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        status = run_steps(steps, results, figures, force=args.force)
+    except StepStopped as exc:
+        print(f"geomkit reproduce: {exc}", file=sys.stderr)
+        return exc.code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     path = write_report(results, figures, plan(results, args.quick), status, args.quick)
     print(f"\nwrote {path}")
     print(path.read_text().split("## Figures")[0])

@@ -112,7 +112,7 @@ def run(args) -> int:
     no_duplicates(args.embedding, "--embedding", paths=True)
     _args.positive_int(args.max_prompts, "--max-prompts")
     templates = _args.subsample(read_prompts(args.prompts, default=EVAL_PROMPTS, placeholder=True), args.max_prompts, args.seed)
-    out = report.prepare_out(args.out)
+    out = report.prepare_out(args.out, command="residual-angles")
     enc = load(args)
     learned = _args.load_learned_set(enc, args.embedding, encoder=args.encoder if enc.pipeline_dir else None)
     results = run_residual_angles(enc, templates, words, scales, learned)

@@ -18,7 +18,7 @@ Objectives: diffusion (an SD 1.x/2.x, SDXL or SANA pipeline folder and --images)
 default gemma3-270m, and --texts: sentences that use the placeholder).
 
 Outputs in --out: learned_embeds.safetensors (diffusers format; SDXL also learned_embeds_2 and
-learned_embeds_sdxl with clip_l/clip_g), config.json, train_log.jsonl, results.json, checkpoints/.
+a clip_l/clip_g file named after the token, e.g. my-dog.safetensors), config.json, train_log.jsonl, results.json, checkpoints/.
 Several processes: torchrun --nproc_per_node N -m geomkit train ..., or accelerate launch --multi_gpu
 --num_processes N -m geomkit train ... (--multi_gpu also on a CPU-only machine; the batch is per process).
 
@@ -40,7 +40,7 @@ EXAMPLES = """examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from geomkit.commands._common import existing_dir
+    from geomkit.commands._common import existing_dir, nonempty
     from geomkit.train.config import CROPS, LOSSES, METHODS, PRECISIONS, REDUCTIONS, SCHEDULES, TrainConfig
     from geomkit.train.presets import PRESETS
 
@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="diffusion: square crop of each image after its shorter side is resized: center (encoded once) or "
                         "random (a new crop every step, VAE encoder every step; the DTI authors' setting). SDXL's time ids "
                         "carry each image's original size and crop (default: center)")
-    g.add_argument("--validation-prompt", action="append", default=[], metavar="TEXT", dest="validation_prompts",
+    g.add_argument("--validation-prompt", action="append", default=[], metavar="TEXT", dest="validation_prompts", type=nonempty("validation prompt"),
                    help="diffusion: prompt to render during training (repeatable)")
     g.add_argument("--validation-steps", type=int, default=d.validation_steps, metavar="N", help="render every N steps (default: 100)")
     g.add_argument("--validation-images", type=int, default=d.validation_images, metavar="N", help="images per prompt (default: 1)")
@@ -132,6 +132,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="words to measure drift against: comma list, a file, or a shipped concept name (glimmerfox)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present; ignored under accelerate launch)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--report-to", choices=("tensorboard", "wandb"), default=None, dest="report_to",
+                   help="also log loss, norm, angle, lr and validation images to TensorBoard (OUT/logs) or wandb (offline, OUT/wandb)")
     _track_given(p)
 
 
@@ -180,11 +182,14 @@ def _saved_settings(out: str, spec) -> tuple:
             return None
         return data if isinstance(data, dict) else None
 
+    from geomkit.train import resume_check
+
     if spec not in (None, "", "latest"):
         js = checkpoint.find(out, spec)  # a checkpoint named by the user: its own error if it is not one
-        return (read(js) or {}).get("config"), js
+        saved = (read(js) or {}).get("config")
+        return (resume_check.check_saved_config(saved, js) if saved is not None else None), js
     cfg_file = Path(out).expanduser() / "config.json"
-    saved = read(cfg_file)
+    saved = resume_check.read_saved_config(cfg_file)  # damaged: blamed on the file and field, not on an option
     if saved is not None:
         described = saved.get("objective")
         if isinstance(described, dict):  # config.json records the objective's description, with its kind
@@ -196,7 +201,7 @@ def _saved_settings(out: str, spec) -> tuple:
     for _step, js in reversed(checkpoint.complete(Path(out).expanduser() / "checkpoints")):
         meta = read(js)
         if meta and isinstance(meta.get("config"), dict):
-            return meta["config"], js
+            return resume_check.check_saved_config(meta["config"], js), js
     return None, None
 
 

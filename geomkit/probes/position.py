@@ -98,10 +98,12 @@ class Features:
 
 def site_features(enc, tok: Tokenized, site: str, batch_size: int = 64) -> Features:
     """Site vectors of every non-padding token of every prompt (a plain forward, early stop)."""
+    from geomkit.report import progress
+
     xs, pos, rows, spec = [], [], [], []
     pid = pad_id(enc)
     with torch.no_grad():
-        for start in range(0, len(tok.ids), batch_size):
+        for start in progress(range(0, len(tok.ids), batch_size), desc=f"reading {site} of {len(tok.ids)} prompts", unit="batch"):
             chunk = tok.ids[start : start + batch_size]
             ids, mask = pad_right(chunk, pid)
             _, cache = run_with_cache(enc, ids, mask, sites=[site], stop=True, dtype=torch.float32)
@@ -180,7 +182,9 @@ def _train(x, y, n_positions, hidden, epochs, batch_size, lr, weight_decay, seed
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
         gen = torch.Generator().manual_seed(seed)
         probe.train()
-        for _ in range(epochs):
+        from geomkit.report import progress
+
+        for _ in progress(range(epochs), desc=f"training the position probe ({x.shape[0]} tokens)", unit="epoch"):
             order = torch.randperm(x.shape[0], generator=gen)
             for i in range(0, x.shape[0], batch_size):
                 idx = order[i : i + batch_size]
@@ -388,7 +392,9 @@ def run_position_probe(
     keep = hf.position < n_pos
     all_tok = macro_accuracy(probe.predict(hf.x[keep]), hf.position[keep])
     accs, per = [], {}
-    for m in scales:
+    from geomkit.report import progress
+
+    for m in progress(scales, desc="probing the scaled tokens", unit="scale"):
         a = evaluate_replaced(enc, probe, heldout, site, scaled_replacement(enc, m), slots=slots)
         accs.append(a.accuracy)
         per[repr(float(m))] = a.per_position

@@ -264,13 +264,19 @@ def run_residual_angles(
     runs: list[Run] = []
     vocab_runs: list[BlockStats] = []
     placed = {w: place_word(enc, templates, w) for w in words}
+    from geomkit.report import progress
+
+    n_learned = sum(int(torch.as_tensor(v).reshape(-1, torch.as_tensor(v).shape[-1]).shape[0]) for v in (learned or {}).values())
+    bar = progress(total=len(words) * (1 + len(scales)) + n_learned, desc=f"residual angles over {enc.n_blocks} blocks", unit="run")
     for w, cp in placed.items():
         base = table[cp.token_id].to(torch.float32)
         plain = measure_blocks(enc, cp.ids, cp.mask, cp.positions)  # natural embeddings, no injection
         vocab_runs.append(plain)
+        bar.update(1)
         for m in scales:
             vecs = (base * float(m)).expand(len(cp.positions), -1)
             runs.append(Run(w, float(m), measure_blocks(enc, cp.ids, cp.mask, cp.positions, vecs), w))
+            bar.update(1)
     ref = placed[words[0]]
     for name, vectors in (learned or {}).items():
         vectors = torch.as_tensor(vectors, dtype=torch.float32)
@@ -280,6 +286,8 @@ def run_residual_angles(
             label = name if len(vectors) == 1 else f"{name}[{k}]"
             vecs = v.expand(len(ref.positions), -1)
             runs.append(Run(label, None, measure_blocks(enc, ref.ids, ref.mask, ref.positions, vecs), words[0]))
+            bar.update(1)
+    bar.close()
 
     b_vocab = torch.stack([r.max_update for r in vocab_runs]).amax(0)
     b_emp = torch.stack([b_vocab] + [r.stats.max_update for r in runs]).amax(0)

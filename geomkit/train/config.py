@@ -85,6 +85,7 @@ class TrainConfig:
     micro_batch_size: Optional[object] = None  # None: the batch size; an int dividing it; or "auto" (CUDA)
     gradient_checkpointing: bool = False
     compile: bool = False
+    report_to: Optional[str] = None  # tensorboard | wandb (geomkit.train.tracking)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -219,6 +220,10 @@ def check_model(spec: str) -> None:
     if spec in ALIASES:
         return
     folder = resolve_spec(spec, progress=False)
+    if (folder / "model_index.json").is_file():
+        from geomkit.models import check_pipeline_folder
+
+        check_pipeline_folder(folder, spec)  # the one pipeline-folder check every command uses
     if not (folder / "model_index.json").is_file() and not (folder / "config.json").is_file():
         raise GeomkitError(f"--model {spec}: not a model folder (it has neither model_index.json, a diffusers pipeline, "
                            "nor config.json, a transformers model)")
@@ -282,6 +287,9 @@ def check(cfg: TrainConfig) -> TrainConfig:
         cfg.device = None
     check_device(cfg.device)
     check_model(cfg.model)
+    from geomkit.train.tracking import check_tracker
+
+    cfg.report_to = check_tracker(cfg.report_to)
     return cfg
 
 

@@ -216,7 +216,7 @@ def check_images(files: list[Path]) -> None:
         try:
             with Image.open(f) as im:
                 im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise GeomkitError(f"--images: cannot read {f} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
@@ -234,7 +234,7 @@ def load_resized(path: Path, resolution: int):
             scale = resolution / min(w, h)
             im = im.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
             arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
-    except OSError as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise GeomkitError(f"--images: cannot read {path} ({exc})") from None
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), (h, w)
 

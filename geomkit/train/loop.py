@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 from geomkit.errors import GeomkitError
-from geomkit.train import checkpoint, data, objectives
+from geomkit.train import checkpoint, data, header, objectives, resume_check, tracking
 from geomkit.train.config import (
     TrainConfig, absolute_paths, check, check_objective_options, effective_lr, same_setting,
 )
@@ -562,7 +562,7 @@ def train(cfg: TrainConfig, given=()) -> dict:
         if applied:
             _say(f"--preset {cfg.preset}: " + ", ".join(f"{k} {getattr(cfg, k)}" for k in applied))
     mark = report.created_mark()
-    out = report.prepare_out(cfg.out)
+    out = report.prepare_out(cfg.out, command="train")  # a folder of another kind of run is refused
     lock = runlock.acquire(out, "train")
     try:
         with _Signals() as sig:
@@ -589,8 +589,10 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
     if cfg.resume == "latest" and not checkpoint.complete(ckpt_dir):  # stopped before its first checkpoint
         _say(f"no checkpoint in {ckpt_dir} yet (the run stopped before its first one): starting from step 0")
     elif cfg.resume is not None:
-        js = checkpoint.find(out, cfg.resume, warn=_say)
+        js = resume_check.find(out, cfg.resume, _say)  # damaged checkpoints skipped: one line
         resume_meta, resume_tensors = checkpoint.load(js)
+        resume_check.check_owner(out, js, resume_meta.get("config"), resume_check.read_saved_config(out / "config.json"))
+        resume_check.check_steps(int(resume_meta["step"]), cfg.steps)
         _resume_check(cfg, resume_meta.get("config", {}), True)
     elif checkpoint.complete(ckpt_dir):
         raise GeomkitError(f"--out {out} already holds a training run (checkpoints/); add --resume to continue it, or choose another --out")
@@ -632,6 +634,7 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
         run_info["lora"] = sess.lora.describe()
     if dist.main:
         write_json(out / "config.json", dict(cfg.to_dict(), **run_info))
+    tracker = tracking.Tracker(cfg.report_to if dist.main else None, out, cfg.to_dict())  # --report-to; a no-op without it
 
     def save(step: int) -> Path:
         nonlocal last_saved
@@ -655,6 +658,8 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
 
     from tqdm.auto import tqdm
 
+    for line in header.from_session(cfg, obj, slots, sess, dist, start):  # what is about to run, before the bar
+        _say(line, cfg.progress and dist.main)
     bar = tqdm(total=cfg.steps, initial=min(start, cfg.steps), desc=f"train {cfg.method}", unit="step",
                disable=not (cfg.progress and dist.main), dynamic_ncols=True)
     t_start = time.perf_counter()
@@ -670,6 +675,7 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
             except NonFinite as bad:
                 _stop(step, bad.value, bad.what, save, last_saved, log, out, dist)
             log.append(line)
+            tracker.log(step, line)
             bar.update(1)
             bar.set_postfix(loss=f"{log[-1]['loss']:.4f}", norm=f"{log[-1]['norm']:.4f}", refresh=False)
             dt = time.perf_counter() - t0  # the whole step: batch, forward, backward, update, metrics
@@ -685,7 +691,7 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
                 last_flush = time.perf_counter()
             if cfg.validation_steps and cfg.validation_prompts and step % cfg.validation_steps == 0 and dist.main:
                 with autocast(), sess.inference():
-                    obj.validate(slots, step, out)
+                    tracker.images(step, obj.validate(slots, step, out))
             if dist.any(sig.signum is not None):  # SIGTERM / Ctrl-C: keep this step, then stop
                 signum = sig.signum or signal.SIGTERM
                 path = save(step) if last_saved != step else sig.step[1]
@@ -694,6 +700,7 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
     finally:
         sig.deferring = False
         bar.close()
+        tracker.close()
         if dist.main and log:
             try:
                 _write_log(out, log)
