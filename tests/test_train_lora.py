@@ -190,7 +190,9 @@ def test_resume_with_a_lora_is_bit_exact(models, images, tmp_path):
     train(config("sdxl", models, images, tmp_path / "a", **kw))
     train(config("sdxl", models, images, tmp_path / "b", save_every=2, **dict(kw, steps=2)))
     train(config("sdxl", models, images, tmp_path / "b", save_every=2, resume="latest", **kw))
-    for f in ("learned_embeds_sdxl.safetensors", "pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
+    from geomkit.train.exports import sdxl_name
+
+    for f in (sdxl_name(TOKEN), "pytorch_lora_weights.safetensors", "lora_kohya.safetensors"):
         a, b = load_file(str(tmp_path / "a" / f)), load_file(str(tmp_path / "b" / f))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
     assert [ln["loss"] for ln in log_of(tmp_path / "a")] == [ln["loss"] for ln in log_of(tmp_path / "b")]
