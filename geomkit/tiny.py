@@ -480,8 +480,10 @@ def _t5_corpus() -> list:
 
     lines = gzip.open(_open_clip_bpe()).read().decode("utf-8").split("\n")[1:20000]
     words = [m.replace(" ", "")[:-4] for m in lines if m.endswith("</w>") and m.replace(" ", "")[:-4].isalpha()]
-    prompts = [t.format("dog") for t in OBJECT_TEMPLATES] + [t.format("cat") for t in OBJECT_TEMPLATES]
-    return prompts * 20 + [" ".join(words[i: i + 12]) for i in range(0, len(words), 12)]
+    common = ["dog", "cat", "car", "house", "toy", "person", "man", "woman", "sculpture", "painting", "style", "apple",
+              "study", "writing", "object", "fruit", "teddy", "bear", "tree", "flower"]
+    prompts = [t.format(w) for t in OBJECT_TEMPLATES for w in common]
+    return prompts * 3 + [" ".join(words[i: i + 12]) for i in range(0, len(words), 12)]
 
 
 def t5_tokenizer(vocab_size: int = T5_VOCAB_SIZE):

@@ -135,7 +135,7 @@ def run(args) -> int:
     report.write_json(out / "results.json", results)
 
     print(f"model: {enc.name}   site: {site}   positions: {res.n_positions} (chance {100 * res.chance:.1f}%)")
-    if not args.site and enc.family.positions == "rope":
+    if not args.site and enc.family.positions in ("rope", "relative"):
         print(f"site chosen automatically: {site_why}")
     print(
         f"prompts: {res.n_train_prompts} train / {res.n_heldout_prompts} held out   train accuracy {100 * res.train_accuracy:.1f}%   "
