@@ -47,6 +47,7 @@ class Token:
     hints: dict = field(default_factory=dict)  # label -> 1 | 2
     paths: list = field(default_factory=list)
     lora: Optional[Path] = None  # the LoRA trained with it (a run folder's pytorch_lora_weights.safetensors)
+    layout: str = ""  # the file's layout (embeddings_io): "flux"/"sd3" files may cover some encoders only
 
 
 def read_token_file(path, name: Optional[str] = None) -> Token:
@@ -56,7 +57,7 @@ def read_token_file(path, name: Optional[str] = None) -> Token:
     from geomkit.embeddings_io import read_embedding
 
     ef = read_embedding(path, name=name)
-    return Token(name=ef.name, parts=dict(ef.parts), hints=dict(ef.hints), paths=[str(path)])
+    return Token(name=ef.name, parts=dict(ef.parts), hints=dict(ef.hints), paths=[str(path)], layout=ef.layout)
 
 
 def read_tokens(paths: Sequence, names: Optional[Sequence[str]] = None) -> list[Token]:
@@ -85,6 +86,7 @@ def read_tokens(paths: Sequence, names: Optional[Sequence[str]] = None) -> list[
 
 RUN_FILES_SDXL = "learned_embeds_sdxl.safetensors"
 RUN_FILES = ("learned_embeds.safetensors", "learned_embeds_2.safetensors")
+RUN_FILES_FLOW = ("learned_embeds_flux.safetensors", "learned_embeds_sd3.safetensors")
 
 
 def read_run_results(run_dir) -> dict:
@@ -111,6 +113,9 @@ def run_token(run_dir) -> Token:
     name = results.get("placeholder")
     if (run / RUN_FILES_SDXL).is_file():
         return with_run_lora(read_token_file(run / RUN_FILES_SDXL, name=name), run)
+    for flow in RUN_FILES_FLOW:  # FLUX.1 / SD3.x runs: one file, a part per trained encoder
+        if (run / flow).is_file():
+            return with_run_lora(read_token_file(run / flow, name=name), run)
     files = [run / f for f in RUN_FILES if (run / f).is_file()]
     if not files:
         raise GeomkitError(f"run folder {run_dir} has no learned_embeds*.safetensors")
@@ -326,10 +331,14 @@ def default_size(pipe) -> int:
     return int(size) * int(scale)
 
 
+# every text encoder a pipeline may have, in the `--encoder N` numbering (SD3's T5 is the third)
+ENCODER_ATTRS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3"))
+
+
 def pipeline_encoders(pipe) -> list[tuple[int, object, object, int]]:
     """(index, text_encoder, tokenizer, embedding dimension) for each text encoder of the pipeline."""
     out = []
-    for i, (te, tk) in enumerate((("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")), start=1):
+    for i, (te, tk) in enumerate(ENCODER_ATTRS, start=1):
         enc, tok = getattr(pipe, te, None), getattr(pipe, tk, None)
         if enc is not None and tok is not None:
             out.append((i, enc, tok, int(enc.get_input_embeddings().weight.shape[1])))
@@ -342,7 +351,7 @@ def pipeline_dims(folder) -> list[tuple[int, None, None, int]]:
     folder = Path(folder)
     index = json.loads((folder / "model_index.json").read_text())
     out = []
-    for i, (te, tk) in enumerate((("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")), start=1):
+    for i, (te, tk) in enumerate(ENCODER_ATTRS, start=1):
         entry = index.get(te)
         if not entry or entry in ([None, None], (None, None)) or index.get(tk) in (None, [None, None]):
             continue
@@ -375,8 +384,16 @@ def assign_parts(token: Token, encoders) -> list[tuple[int, object]]:
     split into sub-word pieces by the other."""
     free = dict(token.parts)
     chosen = []
+    # a FLUX/SD3 file may hold the token for some encoders only (a T5-only FLUX token): the others
+    # read the placeholder as plain text, as the ecosystem's loaders leave them
+    partial = getattr(token, "layout", None) in ("flux", "sd3")
     for idx, _enc, _tok, d in encoders:
         fits = [k for k, v in free.items() if v.shape[-1] == d]
+        if not fits and partial:
+            continue
+        if not fits and getattr(token, "layout", None) == "sdxl" and len(encoders) != 2:
+            raise GeomkitError(f"token {token.name!r} is an SDXL clip_l/clip_g file; this pipeline's text encoders "
+                               f"(dimension {' and '.join(str(e[3]) for e in encoders)}) are not SDXL's")
         if not fits:
             have = ", ".join(f"{k}: {v.shape[-1]}" for k, v in token.parts.items())
             want = " and ".join(str(e[3]) for e in encoders)
@@ -388,6 +405,11 @@ def assign_parts(token: Token, encoders) -> list[tuple[int, object]]:
         best = next((k for k in fits if token.hints.get(k) == idx), None)
         best = best or next((k for k in fits if k not in token.hints), fits[0])
         chosen.append((idx, free.pop(best)))
+    if partial and (free or not chosen):
+        have = ", ".join(f"{k}: {v.shape[-1]}" for k, v in token.parts.items())
+        want = " and ".join(str(e[3]) for e in encoders)
+        raise GeomkitError(f"token {token.name!r} ({have}) does not fit this pipeline's text encoders (dimension {want}): "
+                           f"the {token.layout.upper()} file was trained for another model")
     return chosen
 
 
@@ -395,7 +417,8 @@ def install_tokens(pipe, tokens: Sequence[Token]) -> None:
     """`load_textual_inversion` once per text encoder and token (the two-call way for SDXL)."""
     if not tokens:
         return
-    if not hasattr(pipe, "load_textual_inversion"):
+    by_hand = not hasattr(pipe, "load_textual_inversion")
+    if by_hand and getattr(pipe, "text_encoder_3", None) is None:
         raise GeomkitError(f"{type(pipe).__name__} does not support textual-inversion tokens")
     encoders = pipeline_encoders(pipe)
     if not encoders:
@@ -406,12 +429,34 @@ def install_tokens(pipe, tokens: Sequence[Token]) -> None:
     for tok, parts in plan:
         for idx, vec in parts:
             _, enc, tk, _ = by_idx[idx]
+            if by_hand:  # SD3: diffusers' pipeline has no TextualInversionLoaderMixin
+                load_rows_by_hand(vec, tok.name, enc, tk)
+                continue
             try:
                 pipe.load_textual_inversion(
                     vec.to(dtype=enc.dtype), token=tok.name, text_encoder=enc, tokenizer=tk
                 )
             except ValueError as exc:
                 raise GeomkitError(f"token {tok.name!r}: {str(exc).splitlines()[0]} (choose a new name with --token)") from None
+
+
+def load_rows_by_hand(vectors, name: str, text_encoder, tokenizer) -> list:
+    """What `load_textual_inversion` does, for pipelines without it (diffusers' SD3): the token (and
+    `name_1`, ... for more vectors) added to the tokenizer, the table grown, the rows written. The ids."""
+    from geomkit.train.data import token_strings
+
+    names = token_strings(name, int(vectors.shape[0]))
+    vocab = tokenizer.get_vocab()
+    if any(n in vocab for n in names):
+        raise GeomkitError(f"token {name!r} is already in the tokenizer's vocabulary (choose a new name with --token)")
+    tokenizer.add_tokens(names)
+    ids = tokenizer.convert_tokens_to_ids(names)
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    weight = text_encoder.get_input_embeddings().weight
+    with __import__("torch").no_grad():
+        for i, v in zip(ids, vectors):
+            weight[i] = v.to(weight.dtype, weight.device)
+    return list(ids)
 
 
 # ---- generation ------------------------------------------------------------------------------

@@ -20,11 +20,11 @@ def add_arguments(p):
     from geomkit.commands._common import existing_file, nonempty
 
     p.add_argument("inputs", nargs="+", type=existing_file, metavar="IN", help="embedding file (two files for --to sdxl: the CLIP-L and the bigG part)")
-    p.add_argument("--to", required=True, choices=("diffusers", "a1111", "sdxl"), help="layout to write")
+    p.add_argument("--to", required=True, choices=("diffusers", "a1111", "sdxl", "flux", "sd3"), help="layout to write")
     p.add_argument("--out", required=True, metavar="FILE", help="output file (*.safetensors)")
     p.add_argument("--token", default=None, type=nonempty("token name"), metavar="TOKEN", help="token name for --to diffusers (default: the name the file carries)")
     p.add_argument(
-        "--encoder", type=int, default=None, choices=(1, 2),
+        "--encoder", type=int, default=None, choices=(1, 2, 3),
         help="from an SDXL pair to diffusers/a1111: which part (1 = clip_l, 2 = clip_g)",
     )
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")

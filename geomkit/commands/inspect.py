@@ -30,7 +30,7 @@ def add_arguments(p):
         help="gemma3-270m, minilm-l6, whisper-tiny-en, a local model or a diffusers pipeline folder (default: gemma3-270m)",
     )
     p.add_argument(
-        "--encoder", type=int, default=None, choices=(1, 2),
+        "--encoder", type=int, default=None, choices=(1, 2, 3),
         help="pipeline folders: inspect on this text encoder only (default: each part on the encoder it fits)",
     )
     add_out_arg(p, "runs/inspect")

@@ -705,11 +705,12 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
         rows = [rescale(r, s.m_star) for r, s in zip(rows, slots)]
     files = []
     if dist.main:
-        files = export(out, cfg.placeholder, rows)
+        flow = dict(labels=getattr(obj, "encoder_labels", None), kind=getattr(obj, "flow", None))
+        files = export(out, cfg.placeholder, rows, **flow)
         if sess.lora is not None:
             files += sess.lora.export(out, type(obj.pipeline()), "unet" if hasattr(obj, "unet") else "transformer")
         if unrescaled is not None:
-            files += export(out, cfg.placeholder, unrescaled, stem="learned_embeds_unrescaled")
+            files += export(out, cfg.placeholder, unrescaled, stem="learned_embeds_unrescaled", **flow)
         done_in_loop = cfg.validation_steps and final_step % cfg.validation_steps == 0 and start < cfg.steps
         if cfg.validation_prompts and not done_in_loop:
             with autocast():

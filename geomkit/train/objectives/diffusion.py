@@ -48,6 +48,10 @@ def build(cfg, inputs: dict, device):
     kind = pipeline_kind(folder)
     if kind == "sana":
         return SanaObjective(cfg, inputs, device, folder)
+    if kind in ("flux", "sd3"):
+        from geomkit.train.objectives.flow import FlowObjective
+
+        return FlowObjective(cfg, inputs, device, folder, kind)
     return DiffusionObjective(cfg, inputs, device, folder, sdxl=kind == "sdxl")
 
 
