@@ -31,6 +31,8 @@ DEFAULT_SCHEDULER = "ddim"  # the paper: DDIMScheduler, 50 steps, for SDXL (App.
 DEFAULT_STEPS = 50
 GUIDANCE_SD = 7.5  # diffusers' StableDiffusionPipeline default
 GUIDANCE_SDXL = 5.0  # diffusers' StableDiffusionXLPipeline default (what the DTI authors' code sampled with)
+GUIDANCE_FLUX = 3.5  # diffusers' FluxPipeline default (the guidance embedding's value; no CFG pass)
+GUIDANCE_SD3 = 7.0  # diffusers' StableDiffusion3Pipeline default
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -307,7 +309,9 @@ def load_pipeline(spec, *, device: str = "auto", dtype: str = "auto", scheduler:
         raise GeomkitError(f"--model {spec}: cannot load the pipeline ({first})") from None
     if scheduler not in SCHEDULERS:
         raise GeomkitError(f"--scheduler {scheduler}: choose one of {', '.join(SCHEDULERS)}")
-    if SCHEDULERS[scheduler]:
+    # FLUX.1 and SD3.x sample with their own flow-matching scheduler only (they pass it sigmas)
+    flow = type(pipe).__name__.startswith(("Flux", "StableDiffusion3"))
+    if SCHEDULERS[scheduler] and not flow:
         pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(dev)
@@ -319,6 +323,11 @@ def is_sdxl(pipe) -> bool:
 
 
 def default_guidance(pipe) -> float:
+    name = type(pipe).__name__
+    if name.startswith("Flux"):
+        return GUIDANCE_FLUX
+    if name.startswith("StableDiffusion3"):
+        return GUIDANCE_SD3
     return GUIDANCE_SDXL if is_sdxl(pipe) else GUIDANCE_SD
 
 
