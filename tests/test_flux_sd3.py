@@ -359,3 +359,40 @@ def test_bad_input_is_one_line(models, images, flux_run, tmp_path, capsys):
     code, _, err = run_cli(capsys, *gen, "--embedding", tmp_path / "sdxl.safetensors", "--token", TOKEN, "--model",
                            models["flux"], "--out", tmp_path / "g2")
     assert_one_line_error(code, err, "SDXL")
+
+
+# ---- the LoRA and DCO on the flow transformers --------------------------------------------------------
+@pytest.mark.parametrize("kind", ["flux", "sd3"])
+def test_lora_file_loads_into_diffusers_and_gives_the_trained_transformer(kind, models, images, tmp_path):
+    import math
+
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    from geomkit.train import checkpoint
+
+    out = tmp_path / "run"
+    kw = dict(lora_rank=2, lora_alpha=3.0, lora_lr=0.05, loss="dco", steps=2)
+    res = train(config(kind, models, images, out, **kw))
+    first = json.loads((out / "train_log.jsonl").read_text().splitlines()[0])["loss"]
+    assert first == pytest.approx(math.log(2), abs=1e-6)  # DCO starts at ln 2: the adapter starts at zero
+    sess = session(config(kind, models, images, out, resume="latest", **kw))
+    _, tensors = checkpoint.load(checkpoint.find(out, "latest"))
+    sess.load_state_tensors(tensors)
+    obj, part = sess.obj, sess.obj.draw(1)
+    vectors = [s.vectors().detach() for s in sess.slots]
+    with torch.no_grad():
+        ours = obj.predict(part, vectors, sess.slots)
+        obj.denoiser.disable_adapters()
+        plain = obj.predict(part, vectors, sess.slots)
+        obj.denoiser.enable_adapters()
+    pipe = (FluxPipeline if kind == "flux" else StableDiffusion3Pipeline).from_pretrained(models[kind])
+    pipe.load_lora_weights(str(out), weight_name="pytorch_lora_weights.safetensors")
+    assert "pytorch_lora_weights.safetensors" in [p.split("/")[-1] for p in res["files"]]
+    mine, obj.transformer = obj.transformer, pipe.transformer  # the same inputs through diffusers' loaded transformer
+    try:
+        with torch.no_grad():
+            theirs = obj.predict(part, vectors, sess.slots)
+    finally:
+        obj.transformer = mine
+    rel = lambda a, b: float((a.double() - b.double()).norm() / b.double().norm())  # noqa: E731
+    assert rel(theirs, ours) <= 1e-5 and rel(plain, ours) > 1e-4
