@@ -440,6 +440,8 @@ def install_tokens(pipe, tokens: Sequence[Token]) -> None:
             _, enc, tk, _ = by_idx[idx]
             if by_hand:  # SD3: diffusers' pipeline has no TextualInversionLoaderMixin
                 load_rows_by_hand(vec, tok.name, enc, tk)
+                # nor maybe_convert_prompt: multi-vector tokens are expanded in the prompts here
+                pipe._geomkit_by_hand = {**getattr(pipe, "_geomkit_by_hand", {}), tok.name: int(vec.shape[0])}
                 continue
             try:
                 pipe.load_textual_inversion(
@@ -447,6 +449,15 @@ def install_tokens(pipe, tokens: Sequence[Token]) -> None:
                 )
             except ValueError as exc:
                 raise GeomkitError(f"token {tok.name!r}: {str(exc).splitlines()[0]} (choose a new name with --token)") from None
+
+
+def expand_by_hand_tokens(pipe, prompt: str) -> str:
+    """`tok` -> `tok tok_1 ...` for tokens loaded by hand (what maybe_convert_prompt does elsewhere)."""
+    from geomkit.train.data import expand_placeholder
+
+    for name, n in getattr(pipe, "_geomkit_by_hand", {}).items():
+        prompt = expand_placeholder(prompt, name, n)
+    return prompt
 
 
 def load_rows_by_hand(vectors, name: str, text_encoder, tokenizer) -> list:
@@ -464,7 +475,7 @@ def load_rows_by_hand(vectors, name: str, text_encoder, tokenizer) -> list:
     weight = text_encoder.get_input_embeddings().weight
     with __import__("torch").no_grad():
         for i, v in zip(ids, vectors):
-            weight[i] = v.to(weight.dtype, weight.device)
+            weight[i] = v.to(device=weight.device, dtype=weight.dtype)
     return list(ids)
 
 
@@ -506,7 +517,7 @@ def generate(
             batch = todo[start : start + batch_size]
             gens = [torch.Generator("cpu").manual_seed(int(j.seed)) for j in batch]
             kwargs = dict(
-                prompt=[j.prompt for j in batch],
+                prompt=[expand_by_hand_tokens(pipe, j.prompt) for j in batch],
                 generator=gens,
                 num_inference_steps=steps,
                 guidance_scale=guidance,

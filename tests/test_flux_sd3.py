@@ -328,6 +328,20 @@ def test_convert_and_inspect_read_and_write_the_layouts(models, flux_run, tmp_pa
     assert sorted(r["encoder"] for r in rows) == [1, 2]
     t5row = next(r for r in rows if r["encoder"] == 2)
     assert t5row["norm"] == pytest.approx(float(state["t5"].norm()), rel=1e-6)
+    # --fix rescale keeps the FLUX layout: each part at its own encoder's m*
+    ti = {"clip_l": state["clip_l"] * 3, "t5": state["t5"] * 0.5}
+    save_file(ti, str(tmp_path / "ti.safetensors"))
+    code, _, err = run_cli(capsys, "inspect", tmp_path / "ti.safetensors", "--model", models["flux"], "--no-effects",
+                           "--fix", "rescale", "--out", tmp_path / "i2")
+    assert code == 0, err
+    fixed = load_file(str(tmp_path / "i2" / "ti-rescaled.safetensors"))
+    from geomkit.models import load_encoder
+
+    m = [mean_norm(load_encoder(str(models["flux"]), encoder=k).embedding_table()) for k in (1, 2)]
+    assert set(fixed) == {"clip_l", "t5"}
+    for key, mk in zip(("clip_l", "t5"), m):
+        assert float(fixed[key].norm()) == pytest.approx(mk, rel=1e-5)
+        assert torch.allclose(torch.nn.functional.normalize(fixed[key], dim=-1), torch.nn.functional.normalize(ti[key], dim=-1), atol=1e-6)
 
 
 # ---- bad input: one line, exit 2 --------------------------------------------------------------------
@@ -396,3 +410,33 @@ def test_lora_file_loads_into_diffusers_and_gives_the_trained_transformer(kind, 
         obj.transformer = mine
     rel = lambda a, b: float((a.double() - b.double()).norm() / b.double().norm())  # noqa: E731
     assert rel(theirs, ours) <= 1e-5 and rel(plain, ours) > 1e-4
+
+
+def test_generate_on_sd3_equals_diffusers_with_the_rows_by_hand(models, tmp_path, capsys):
+    """SD3 has neither load_textual_inversion nor maybe_convert_prompt: geomkit writes the rows and
+    expands a two-vector token in the prompt; the image equals diffusers' with the same done here."""
+    import numpy as np
+    from diffusers import StableDiffusion3Pipeline
+    from PIL import Image
+
+    parts = _rows({"clip_l": 32, "clip_g": 48, "t5": 96}, seed=4, n=2)
+    save_file(parts, str(tmp_path / "tok.safetensors"))
+    code, _, err = run_cli(capsys, "generate", "--embedding", tmp_path / "tok.safetensors", "--token", TOKEN, "--model",
+                           models["sd3"], "--prompt", "a {} on a beach", "--seeds", "0", "--steps", "2", "--resolution", "32",
+                           "--out", tmp_path / "g", "--no-progress")
+    assert code == 0, err
+    (img,) = list((tmp_path / "g" / "images").glob("*.png"))
+    pipe = StableDiffusion3Pipeline.from_pretrained(models["sd3"])
+    names = [TOKEN, TOKEN + "_1"]
+    for key, (te, tk) in zip(("clip_l", "clip_g", "t5"), (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"),
+                                                         ("text_encoder_3", "tokenizer_3"))):
+        enc, tok = getattr(pipe, te), getattr(pipe, tk)
+        tok.add_tokens(names)
+        enc.resize_token_embeddings(len(tok))
+        with torch.no_grad():
+            for name, row in zip(names, parts[key]):
+                enc.get_input_embeddings().weight[tok.convert_tokens_to_ids(name)] = row
+    want = pipe(f"a {TOKEN} {TOKEN}_1 on a beach", num_inference_steps=2, height=32, width=32, guidance_scale=7.0,
+                generator=torch.Generator("cpu").manual_seed(0), output_type="np").images[0]
+    got = np.asarray(Image.open(img)).astype(np.float64) / 255
+    assert np.abs(got - want).max() <= 1 / 255 + 1e-6
