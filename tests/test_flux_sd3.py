@@ -440,3 +440,39 @@ def test_generate_on_sd3_equals_diffusers_with_the_rows_by_hand(models, tmp_path
                 generator=torch.Generator("cpu").manual_seed(0), output_type="np").images[0]
     got = np.asarray(Image.open(img)).astype(np.float64) / 255
     assert np.abs(got - want).max() <= 1 / 255 + 1e-6
+
+
+def test_umt5_family_sites(tiny_encoder):
+    """umT5 (Wan2.1's encoder): a relative position bias in every block, the same uniform sites."""
+    from geomkit.hooks import run_with_cache
+
+    enc = tiny_encoder("umt5")
+    assert enc.family.name == "umt5-encoder" and enc.family.positions == "relative"
+    assert all(b.layer[0].SelfAttention.has_relative_attention_bias for b in enc.blocks)
+    ids = enc.encode(["a photo of a dog"])
+    _, cache = run_with_cache(enc, ids["input_ids"], ids["attention_mask"], sites=["final_norm", "blocks.0.resid_pre"])
+    out = enc.model(**ids)
+    assert torch.allclose(cache["final_norm"], out.last_hidden_state, atol=1e-6)
+    assert torch.equal(cache["blocks.0.resid_pre"], enc.model.shared(ids["input_ids"]))
+
+
+def test_readme_flux_sd3_commands_parse(tmp_path, monkeypatch):
+    """Every command of the README's FLUX/SD3 section parses with today's flags."""
+    import shlex
+    from pathlib import Path
+
+    from geomkit.cli import build_parser
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## FLUX.1 and SD3.x (T5 encoders)")[1].split("\n## ")[0]
+    block = section.split("```bash")[1].split("```")[0].replace("\\\n", " ")
+    cmds = [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("geomkit ")]
+    assert len(cmds) == 4
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-dog").mkdir()
+    (tmp_path / "runs" / "dog-flux").mkdir(parents=True)
+    parser = build_parser()
+    for argv in cmds:
+        args = parser.parse_args(argv)
+        if argv[0] == "train":
+            assert args.placeholder == "<my-dog>"
