@@ -364,6 +364,10 @@ def test_bad_input_is_one_line(models, images, flux_run, tmp_path, capsys):
     code, _, err = run_cli(capsys, *base, "--model", models["flux"], "--encoders", "t5", "--init-word", "teddy",
                            "--out", tmp_path / "o4")
     assert_one_line_error(code, err, "not a single token")
+    code, _, err = run_cli(capsys, *base, "--model", models["flux"], "--preset", "authors", "--out", tmp_path / "o5")
+    assert_one_line_error(code, err, "--preset authors")
+    code, _, err = run_cli(capsys, *base, "--model", models["sdxl"], "--encoders", "clip_l", "--out", tmp_path / "o6")
+    assert_one_line_error(code, err, "--encoders clip_l")
     # a {clip_l, t5} file on an SDXL pipeline, and an SDXL pair on a FLUX pipeline
     gen = ["generate", "--prompt", "a {} on a beach", "--seeds", "0", "--steps", "1", "--resolution", "32", "--no-progress"]
     code, _, err = run_cli(capsys, *gen, "--embedding", flux_run[0] / "learned_embeds_flux.safetensors", "--model",

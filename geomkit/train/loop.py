@@ -40,7 +40,7 @@ from geomkit.train.config import (
 STRICT_RESUME = (
     "method", "objective", "model", "placeholder", "init_word", "prior_word", "magnitude", "num_vectors",
     "texts", "images", "resolution", "templates", "max_length", "preset",
-    "lora_rank", "lora_alpha", "lora_targets", "loss", "dco_beta",
+    "lora_rank", "lora_alpha", "lora_targets", "loss", "dco_beta", "encoders",
 )
 LOG_FLUSH_S = 5.0
 
@@ -165,7 +165,7 @@ def _resume_check(cfg: TrainConfig, saved: dict, main: bool) -> None:
         raise GeomkitError(f"--resume: the checkpoint belongs to a different run ({shown})")
     soft = [k for k in ("lr", "scale_lr", "lr_schedule", "kappa", "batch_size", "seed", "mixed_precision",
                         "crossinit_weight", "crossinit_reduction", "weight_decay", "flip_p", "crop", "lora_lr",
-                        "lora_dropout", "token_steps") if str(saved.get(k)) != str(getattr(cfg, k))]
+                        "lora_dropout", "token_steps", "guidance_scale") if str(saved.get(k)) != str(getattr(cfg, k))]
     if soft:
         _say("resuming with changed settings (the result will differ from an uninterrupted run): "
              + ", ".join(f"{k} {saved.get(k)} -> {getattr(cfg, k)}" for k in soft), main)

@@ -26,7 +26,7 @@ from geomkit.errors import GeomkitError
 
 
 def pipeline_kind(folder: Path) -> str:
-    """"sana", "sdxl" or "sd" for a diffusers pipeline folder; one line for anything else."""
+    """"sana", "flux", "sd3", "sdxl" or "sd" for a diffusers pipeline folder; one line for anything else."""
     index = json.loads((Path(folder) / "model_index.json").read_text())
     cls = index.get("_class_name", "")
     if "Sana" in cls:
