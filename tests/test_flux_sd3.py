@@ -147,7 +147,7 @@ def _flux_pipe(folder, parts):
     return pipe
 
 
-@pytest.mark.parametrize("keys,n", [(("clip_l", "t5"), 1), (("clip_l", "t5"), 2), (("t5",), 1)])
+@pytest.mark.parametrize("keys,n", [(("clip_l", "t5"), 1), (("clip_l", "t5"), 2), (("t5",), 1), (("t5",), 2)])
 def test_flux_conditioning_equals_encode_prompt(models, tmp_path, keys, n):
     from geomkit.train import conditioning
 

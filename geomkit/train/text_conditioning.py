@@ -222,12 +222,17 @@ class FlowText:
         self.encoders = [self.all[i] for i in self.trained]
         self.trained_labels = [self.labels[i] for i in self.trained]
 
-    def token_ids(self, prompts: list) -> list:
-        """Every encoder's ids for `prompts`, padded as the pipeline pads them (CLIP 77, T5 its default length)."""
+    def token_ids(self, prompts: list, plain=None) -> list:
+        """Every encoder's ids for `prompts` (multi-vector placeholders expanded), padded as the pipeline
+        pads them (CLIP 77, T5 its default length). FLUX expands a placeholder per tokenizer
+        (`maybe_convert_prompt`), so an encoder without the token sees it unexpanded: `plain`, the
+        prompts before expansion, when given. (SD3 has no such step: geomkit's generate expands the
+        prompt for every encoder, and so does training.)"""
         out = []
-        for label, enc in zip(self.labels, self.all):
+        for k, (label, enc) in enumerate(zip(self.labels, self.all)):
             n = self.t5_length if label == "t5" else enc.tokenizer.model_max_length
-            out.append(enc.tokenizer(prompts, padding="max_length", max_length=n, truncation=True,
+            text = plain if (plain is not None and self.kind == "flux" and k not in self.trained) else prompts
+            out.append(enc.tokenizer(text, padding="max_length", max_length=n, truncation=True,
                                      return_tensors="pt")["input_ids"])
         return out
 
@@ -266,7 +271,7 @@ def _flow_conditioning(folder, kind: str, token, prompts: list, dev) -> dict:
     vectors = [vec.to(dev, torch.float32) for _, vec in parts]
     expanded = [expand_placeholder(p, token.name, n) for p in prompts]
     with torch.no_grad():
-        embeds, pooled = text.encode(text.token_ids(expanded), vectors, slots)
+        embeds, pooled = text.encode(text.token_ids(expanded, plain=list(prompts)), vectors, slots)
     out = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
     if kind == "flux":
         out["text_ids"] = torch.zeros(embeds.shape[1], 3, device=dev, dtype=embeds.dtype)

@@ -99,7 +99,8 @@ class FlowObjective:
     def setup(self, slots) -> None:
         tok_form = expand_placeholder(self.cfg.placeholder, self.cfg.placeholder, self.cfg.num_vectors)
         self.prompts = [t.format(tok_form) for t in self.templates]
-        self.template_ids = self.text.token_ids(self.prompts)
+        plain = [t.format(self.cfg.placeholder) for t in self.templates]
+        self.template_ids = self.text.token_ids(self.prompts, plain=plain)
         for slot, k in zip(slots, self.text.trained):
             new = set(slot.token_ids)
             lost = [p for p, row in zip(self.prompts, self.template_ids[k].tolist()) if not new & set(row)]
