@@ -480,3 +480,24 @@ def test_readme_flux_sd3_commands_parse(tmp_path, monkeypatch):
         args = parser.parse_args(argv)
         if argv[0] == "train":
             assert args.placeholder == "<my-dog>"
+
+
+def test_convert_to_sd3_orders_parts_by_dimension(tmp_path, capsys):
+    g = torch.Generator().manual_seed(5)
+    rows = {d: torch.randn(2, d, generator=g) for d in (96, 32, 48)}  # given out of order: T5, CLIP-L, CLIP-G
+    files = []
+    for d, v in rows.items():
+        files.append(tmp_path / f"part{d}.safetensors")
+        save_file({TOKEN: v}, str(files[-1]))
+    code, _, err = run_cli(capsys, "convert", *files, "--to", "sd3", "--out", tmp_path / "sd3.safetensors")
+    assert code == 0, err
+    back = load_file(str(tmp_path / "sd3.safetensors"))
+    assert set(back) == {"clip_l", "clip_g", "t5"}
+    assert all(torch.equal(back[k], rows[d]) for k, d in (("clip_l", 32), ("clip_g", 48), ("t5", 96)))
+    code, _, err = run_cli(capsys, "convert", tmp_path / "sd3.safetensors", "--to", "diffusers", "--out", tmp_path / "x.safetensors")
+    assert_one_line_error(code, err, "--encoder")
+    code, _, err = run_cli(capsys, "convert", *files[:2], "--to", "sd3", "--out", tmp_path / "y.safetensors")
+    assert_one_line_error(code, err, "one file per text encoder")
+    save_file({"clip_l": rows[32], "t5": rows[96][:1]}, str(tmp_path / "uneven.safetensors"))
+    code, _, err = run_cli(capsys, "convert", tmp_path / "uneven.safetensors", "--to", "flux", "--out", tmp_path / "z.safetensors")
+    assert_one_line_error(code, err, "different numbers of vectors")

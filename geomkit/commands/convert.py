@@ -5,13 +5,15 @@ from __future__ import annotations
 
 NAME = "convert"
 ORDER = 74
-HELP = "convert a learned embedding (.pt/.bin/.safetensors) to diffusers, A1111 or SDXL safetensors"
+HELP = "convert a learned embedding (.pt/.bin/.safetensors) to diffusers, A1111, SDXL, FLUX or SD3 safetensors"
 DESCRIPTION = (
     "Read IN (A1111 .pt, diffusers learned_embeds.bin, or any safetensors embedding; pickles only through "
     "torch.load(weights_only=True), which builds tensors and refuses code) and write --out as safetensors: "
     "--to diffusers {token: (n, d)} (what pipe.load_textual_inversion and `geomkit generate` read), "
     "--to a1111 {\"emb_params\": (n, d)} (A1111/ComfyUI; the prompt word is the file's name), or "
-    "--to sdxl {\"clip_l\": (n, 768), \"clip_g\": (n, 1280)} from one SDXL file or from the two per-encoder files. "
+    "--to sdxl {\"clip_l\": (n, 768), \"clip_g\": (n, 1280)} from one SDXL file or from the two per-encoder files, "
+    "--to flux {\"clip_l\": (n, 768), \"t5\": (n, 4096)} or --to sd3 {\"clip_l\", \"clip_g\", \"t5\"} from one such file or one "
+    "file per encoder (told apart by dimension: CLIP-L < CLIP-G < T5). "
     "The written file is read back and compared before the command succeeds."
 )
 
@@ -25,7 +27,8 @@ def add_arguments(p):
     p.add_argument("--token", default=None, type=nonempty("token name"), metavar="TOKEN", help="token name for --to diffusers (default: the name the file carries)")
     p.add_argument(
         "--encoder", type=int, default=None, choices=(1, 2, 3),
-        help="from an SDXL pair to diffusers/a1111: which part (1 = clip_l, 2 = clip_g)",
+        help="from an SDXL pair to diffusers/a1111: which part (1 = clip_l, 2 = clip_g); from a FLUX file 1 = clip_l, "
+             "2 = t5; from an SD3 file 1 = clip_l, 2 = clip_g, 3 = t5",
     )
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
