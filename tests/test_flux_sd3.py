@@ -501,3 +501,27 @@ def test_convert_to_sd3_orders_parts_by_dimension(tmp_path, capsys):
     save_file({"clip_l": rows[32], "t5": rows[96][:1]}, str(tmp_path / "uneven.safetensors"))
     code, _, err = run_cli(capsys, "convert", tmp_path / "uneven.safetensors", "--to", "flux", "--out", tmp_path / "z.safetensors")
     assert_one_line_error(code, err, "different numbers of vectors")
+
+
+def test_committed_t5_random_report_is_its_raw_outputs():
+    """figures/REPORT-T5-RANDOM.md (`geomkit reproduce --t5-random`) says random weights on every row, and
+    its numbers are the committed step outputs' (the DTI token at m* at every logged step)."""
+    from pathlib import Path
+
+    from geomkit import reproduce_t5
+
+    root = Path(__file__).resolve().parents[1]
+    report = (root / "figures" / "REPORT-T5-RANDOM.md").read_text()
+    assert "RANDOM weights" in report and "are not findings about real T5 models" in report
+    rows = reproduce_t5.claims(root / "probes")
+    assert len(rows) == 5
+    for r in rows:
+        assert r["agrees"].startswith("n/a (random weights") and "random weights" in r["model"]
+        assert r["geomkit"].replace("|", "\\|") in report
+    run = root / "probes" / reproduce_t5.T5_RANDOM / "train-dti"
+    res = json.loads((run / "results.json").read_text())
+    log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 20 and all(ln["norm"] == pytest.approx(res["m_star"][0], rel=1e-6) for ln in log)
+    assert f"DTI {res['final_norm'][0]:.3f} (1.000x)" in report
+    pp = json.loads((root / "probes" / reproduce_t5.T5_RANDOM / "probe-position" / "results.json").read_text())
+    assert pp["positions"] == "relative" and pp["site_chosen"].startswith("automatic")
