@@ -130,9 +130,14 @@ def run_token(run_dir) -> Token:
 
 
 def with_run_lora(token: Token, run_dir) -> Token:
-    """The token of a run trained with --lora-rank carries that run's LoRA (loaded with it)."""
+    """The token of a run trained with --lora-rank carries that run's LoRA (loaded with it). Only a
+    run whose results.json records a LoRA: a file left in the folder by an earlier run is not its."""
+    results = read_run_results(run_dir)
     f = Path(run_dir).expanduser() / RUN_LORA
-    token.lora = f if f.is_file() else None
+    has = isinstance(results.get("lora"), dict) and results["lora"].get("rank")
+    if has and not f.is_file():
+        raise GeomkitError(f"run folder {run_dir}: results.json records a LoRA but {RUN_LORA} is missing")
+    token.lora = f if has else None
     return token
 
 
@@ -165,12 +170,13 @@ def check_lora_fits(folder, path) -> None:
     for w in weights:
         base.update(_header_shapes(w))
     by_kohya = {k[: -len(".weight")].replace(".", "_"): v for k, v in base.items() if k.endswith(".weight")}
-    seen = 0
+    pairs = 0
     for key, shape in lora.items():
         down = key.endswith((".lora.down.weight", ".lora_A.weight", ".lora_down.weight"))
         up = key.endswith((".lora.up.weight", ".lora_B.weight", ".lora_up.weight"))
         if not (down or up):
             continue
+        pairs += 1
         module = key.rsplit(".", 3 if ".lora." in key else 2)[0]
         if module.startswith("lora_unet_"):
             target = by_kohya.get(module[len("lora_unet_"):])
@@ -178,14 +184,17 @@ def check_lora_fits(folder, path) -> None:
             target = base.get(module.split(".", 1)[1] + ".weight")
         else:
             continue  # text-encoder parts: diffusers' loader handles them
-        ok = target is not None and len(target) == 2 and len(shape) == 2 and (
-            shape[1] == target[1] if down else shape[0] == target[0])
-        if not ok:
-            raise GeomkitError(f"--lora {path}: made for another model: it adapts {module} ({'missing' if target is None else 'another size'} "
-                               f"in this pipeline's {component}); give the LoRA trained with this pipeline")
-        seen += 1
-    if not seen:
-        raise GeomkitError(f"--lora {path}: no LoRA weights for a UNet or transformer in it")
+        if target is None:
+            if module.startswith("lora_unet_"):
+                continue  # kohya names of another naming scheme (SGM's input_blocks_...): diffusers converts them
+            raise GeomkitError(f"--lora {path}: made for another model: it adapts {module}, which this pipeline's "
+                               f"{component} does not have; give a LoRA trained for this pipeline")
+        # linear (out, in) or 1x1 convolution (out, in, 1, 1) weights: compare the channels only
+        if len(target) < 2 or len(shape) < 2 or (shape[1] != target[1] if down else shape[0] != target[0]):
+            raise GeomkitError(f"--lora {path}: made for another model: its {module} has other sizes than this "
+                               f"pipeline's {component}; give a LoRA trained for this pipeline")
+    if not pairs:
+        raise GeomkitError(f"--lora {path}: no LoRA weights in it (no lora_A/lora_B, lora.down/lora.up or lora_down/lora_up keys)")
 
 
 def install_loras(pipe, paths: Sequence) -> None:
@@ -201,8 +210,7 @@ def install_loras(pipe, paths: Sequence) -> None:
         except (ValueError, KeyError, RuntimeError) as exc:
             raise GeomkitError(f"--lora {path}: diffusers could not load it ({str(exc).splitlines()[0]})") from None
         names.append(name)
-    if len(names) > 1:
-        pipe.set_adapters(names)
+    pipe.set_adapters(names)  # loading one makes it the only active one: activate them all, once
 
 
 # ---- pipelines -------------------------------------------------------------------------------
@@ -433,7 +441,6 @@ def install_tokens(pipe, tokens: Sequence[Token]) -> None:
     if not encoders:
         raise GeomkitError(f"{type(pipe).__name__} has no CLIP text encoder/tokenizer to load tokens into")
     plan = [(tok, assign_parts(tok, encoders)) for tok in tokens]  # check all before changing anything
-    install_loras(pipe, [tok.lora for tok in tokens if tok.lora is not None])
     by_idx = {e[0]: e for e in encoders}
     for tok, parts in plan:
         for idx, vec in parts:
@@ -588,6 +595,17 @@ def record_settings(folder: Path, settings: dict) -> None:
     write_json(Path(folder) / "generation.json", settings)
 
 
+def file_digest(path) -> str:
+    """A short content hash of a file (a LoRA changed in place is another LoRA)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def token_fingerprint(tokens: Sequence[Token]) -> dict:
     """A short content hash per token, so resumed images are known to come from the same vectors."""
     import hashlib
@@ -598,7 +616,7 @@ def token_fingerprint(tokens: Sequence[Token]) -> dict:
         for k in sorted(tok.parts):
             h.update(tok.parts[k].detach().cpu().numpy().tobytes())
         if tok.lora is not None:  # images made with the LoRA differ from images made without it
-            h.update(Path(tok.lora).read_bytes())
+            h.update(file_digest(tok.lora).encode())
         out[tok.name] = h.hexdigest()[:16]
     return out
 

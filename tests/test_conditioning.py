@@ -145,7 +145,11 @@ def test_sdxl_time_ids_come_from_each_image_and_its_crop(tiny_dir, odd_images):
     assert len(seen) == 3  # one per image: not one constant
     cond, added = obj.condition([ids_[part["which"]] for ids_ in obj.template_ids], [s.vectors() for s in slots], slots,
                                 part["crops"])
-    assert torch.equal(added["time_ids"], obj.time_ids(part["crops"]))
+    # the order diffusers' SDXL pipeline itself builds: original_size + crops_coords_top_left + target_size
+    h, w, top, left = (int(x) for x in part["crops"][0].tolist())
+    want = obj.pipeline()._get_add_time_ids((h, w), (top, left), (32, 32), dtype=torch.float32,
+                                            text_encoder_projection_dim=int(obj.encoders[1].model.config.projection_dim))
+    assert torch.equal(added["time_ids"][0], want[0])
 
 
 def test_random_crops_vary_per_step_and_are_reproducible(tiny_dir, odd_images):

@@ -196,12 +196,19 @@ def test_resume_with_a_lora_is_bit_exact(models, images, tmp_path):
     assert [ln["loss"] for ln in log_of(tmp_path / "a")] == [ln["loss"] for ln in log_of(tmp_path / "b")]
 
 
-def test_bf16_keeps_lora_weights_and_state_float32(models, images, tmp_path):
-    sess = session(config("sd", models, images, tmp_path, mixed_precision="bf16"))
-    sess.step(1)
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_half_precision_keeps_lora_weights_and_state_float32(models, images, tmp_path, precision, dtype):
+    sess = session(config("sd", models, images, tmp_path, mixed_precision=precision, loss="dco"))
+    before = [p.detach().clone() for p in sess.lora.params]
+    for k in range(1, 21):  # fp16: one GradScaler drives both optimisers; it skips steps until its scale fits
+        line = sess.step(k)
+        if any(not torch.equal(a, p) for a, p in zip(before, sess.lora.params)):
+            break
+    assert math.isfinite(line["loss"])
+    assert any(not torch.equal(a, p) for a, p in zip(before, sess.lora.params))  # the LoRA was updated
     assert all(p.dtype == torch.float32 for p in sess.lora.params)
     assert all(v.dtype == torch.float32 for st in sess.lora.opt.state.values() for k, v in st.items() if k != "step")
-    assert next(iter(sess.obj.unet.parameters())).dtype == torch.bfloat16  # the frozen denoiser stays lean
+    assert next(iter(sess.obj.unet.parameters())).dtype == dtype  # the frozen denoiser stays lean
 
 
 @pytest.mark.slow
@@ -297,12 +304,12 @@ def lora_run(models, images, tmp_path_factory):
 
 
 def test_a_run_folder_brings_its_lora_to_generate(models, lora_run, tmp_path, capsys):
-    from geomkit.generation import install_tokens, load_pipeline, run_token
+    from geomkit.generation import install_loras, load_pipeline, run_token
 
     token = run_token(lora_run)
     assert token.lora == lora_run / "pytorch_lora_weights.safetensors"
     pipe = load_pipeline(str(models["sd"]), device="cpu", dtype="float32")
-    install_tokens(pipe, [token])  # what generate, evaluate and interpolate call
+    install_loras(pipe, [token.lora])  # what generate and evaluate call
     assert "geomkit_0" in pipe.unet.peft_config
     code, _, err = run_cli(capsys, "generate", "--run", lora_run, "--prompt", "a {} on a beach", "--seeds", "0",
                            "--steps", "2", "--resolution", "32", "--out", tmp_path / "g", "--no-progress")
@@ -379,3 +386,101 @@ def test_compare_shows_token_and_lora_runs_as_table_8(models, images, lora_run, 
     md = (tmp_path / "cmp" / "compare.md").read_text()
     table8 = md.split("## Table 8 layout", 1)[1].split("##", 1)[0]
     assert "r2 a2" in table8 and "r4 a4" in table8 and "dco" in table8
+
+
+def test_generate_with_a_lora_run_and_another_lora_activates_both(models, images, lora_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    train(config("sd", models, images, other, steps=1, lora_rank=4, seed=9))
+    code, _, err = run_cli(capsys, "generate", "--run", lora_run, "--lora", other / "lora_kohya.safetensors",
+                           "--prompt", "a {}", "--seeds", "0", "--steps", "1", "--resolution", "32", "--out",
+                           tmp_path / "g", "--no-progress")
+    assert code == 0, err
+    from geomkit.generation import install_loras, load_pipeline
+
+    pipe = load_pipeline(str(models["sd"]), device="cpu", dtype="float32")
+    install_loras(pipe, [lora_run / "pytorch_lora_weights.safetensors", other / "lora_kohya.safetensors"])
+    assert sorted(pipe.get_active_adapters()) == ["geomkit_0", "geomkit_1"]
+
+
+def test_a_stale_lora_file_is_not_the_runs(models, images, lora_run, tmp_path):
+    import shutil
+
+    from geomkit.generation import run_token
+
+    plain = tmp_path / "plain"
+    train(config("sd", models, images, plain, steps=1, lora_rank=None, lora_lr=1e-4))
+    shutil.copy(lora_run / "pytorch_lora_weights.safetensors", plain)  # left over in the folder
+    assert run_token(plain).lora is None  # results.json records no LoRA
+
+
+def test_lora_fit_check_reads_kohya_convolutions_and_other_namings(models, lora_run, tmp_path):
+    """1x1-convolution pairs (proj_in, as kohya's sd-scripts write them for SD 1.x) and SGM-named
+    keys pass the header check; a key of another size does not."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from geomkit.errors import GeomkitError
+    from geomkit.generation import check_lora_fits
+
+    state = load_file(str(lora_run / "lora_kohya.safetensors"))
+    with safe_open(str(models["sd"] / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        w = list(f.get_slice("down_blocks.1.attentions.0.proj_in.weight").get_shape())
+    tail = [1, 1] if len(w) == 4 else []
+    extra = {
+        "lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight": torch.zeros(2, w[1], *tail),
+        "lora_unet_down_blocks_1_attentions_0_proj_in.lora_up.weight": torch.zeros(w[0], 2, *tail),
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight": torch.zeros(2, 640),
+    }
+    ok = tmp_path / "ok.safetensors"
+    save_file(dict(state, **extra), str(ok))
+    check_lora_fits(models["sd"], ok)
+    bad = tmp_path / "bad.safetensors"
+    key = next(k for k in state if k.endswith("to_k.lora_down.weight"))
+    save_file(dict(state, **{key: torch.zeros(2, 999)}), str(bad))
+    with pytest.raises(GeomkitError, match="made for another model"):
+        check_lora_fits(models["sd"], bad)
+
+
+def test_resume_of_a_checkpoint_from_before_the_lora_options(models, images, tmp_path, capsys):
+    """A checkpoint written before --lora-rank, --loss, --crop... existed holds none of those keys: it
+    resumes (they had their defaults then) without a warning about them."""
+    from geomkit.train import checkpoint
+
+    out = tmp_path / "old"
+    train(config("sd", models, images, out, steps=2, save_every=1, lora_rank=None, lora_lr=1e-4))
+    (out / "results.json").unlink()
+    for _, js in checkpoint.complete(out / "checkpoints"):
+        meta = json.loads(js.read_text())
+        for key in ("lora_rank", "lora_alpha", "lora_lr", "lora_targets", "lora_dropout", "token_steps", "loss",
+                    "dco_beta", "crop", "scale_lr", "preset", "crossinit_reduction"):
+            meta["config"].pop(key)
+        js.write_text(json.dumps(meta))
+    capsys.readouterr()
+    train(config("sd", models, images, out, steps=3, save_every=1, lora_rank=None, lora_lr=1e-4, resume="latest"))
+    assert "changed settings" not in capsys.readouterr().err
+    assert [ln["step"] for ln in log_of(out)] == [1, 2, 3]
+
+
+def test_a_preset_is_not_applied_again_on_resume(models, images, tmp_path, capsys):
+    out = tmp_path / "p"
+    code, _, err = run_cli(capsys, "train", "--model", models["sd"], "--images", images, "--placeholder", TOKEN,
+                           "--init-word", "toy", "--resolution", "32", "--steps", "2", "--save-every", "1",
+                           "--preset", "authors", "--flip-p", "0.5", "--lr", "0.005", "--out", out, "--quiet")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--steps", "3", "--quiet")
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["flip_p"], cfg["lr"], cfg["crop"]) == (0.5, 0.005, "random")  # typed values kept, preset's others too
+    assert "changed settings" not in err
+
+
+def test_random_crops_are_encoded_outside_autocast(models, images, tmp_path):
+    """Under --crop random the VAE encodes every step's crops; the full batch draws inside the step's
+    autocast and micro-batches outside it: the latents must not depend on that (and the SDXL VAE
+    must never run in fp16)."""
+    sess = session(config("sd", models, images, tmp_path, batch_size=4, crop="random", mixed_precision="bf16",
+                          lora_rank=None, lora_lr=1e-4))
+    with sess.autocast():
+        inside = sess.obj.draw(1)
+    outside = sess.obj.draw(1)
+    assert torch.equal(inside["noisy"], outside["noisy"]) and inside["noisy"].dtype == torch.float32

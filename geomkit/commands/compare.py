@@ -130,7 +130,7 @@ def table_row(label: str, run: dict, drift_words: list) -> dict:
         "text metric": ev.get("text_metric") if ev else None,
         "steps": r.get("steps"),
         "lora": _lora_label(r.get("lora")),
-        "loss": r.get("loss") or "mse",
+        "loss": r.get("loss") or ("mse" if r.get("objective") == "diffusion" else "-"),  # lm: cross-entropy, not a choice
         "time (s)": r.get("seconds"),
         "cos to prior": r.get("cos_to_prior"),
         "angle from init (deg)": r.get("angle_from_init_deg"),
@@ -284,7 +284,7 @@ def run(args) -> int:
     frame = pd.DataFrame(rows)
     report.write_csv(out / "compare.csv", frame)
 
-    with_lora = any(r["lora"] != "-" or r["loss"] != "mse" for r in rows)
+    with_lora = any(r["lora"] != "-" or r["loss"] == "dco" for r in rows)
     main_cols = ["run", "method", "model", "m*", "kappa", "final norm"] + (["lora", "loss"] if with_lora else []) + \
         ["image", "text", "steps", "time (s)"]
     t2 = _table2(rows)

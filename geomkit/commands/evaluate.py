@@ -104,7 +104,8 @@ def run(args) -> int:
         cosine_matrix, dino_features, fill, load_images, load_scorer, scoring_text, text_alignment, text_metric_name,
     )
     from geomkit.generation import (
-        Job, generate, have_image, image_grid, install_tokens, load_pipeline, pick_device, record_settings, save_png, settings_guard, slug,
+        Job, generate, have_image, image_grid, install_loras, install_tokens, load_pipeline, pick_device, record_settings, save_png,
+        settings_guard, slug,
     )
 
     check_generation_args(args)
@@ -129,6 +130,7 @@ def run(args) -> int:
     if any(not have_image(j.path) for j in jobs):
         pipe = load_pipeline(folder, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
         install_tokens(pipe, [token])
+        install_loras(pipe, [token.lora] if token.lora is not None else [])
         record_settings(img_dir, settings)
         made = generate(
             pipe, jobs, steps=args.steps, guidance=args.guidance, size=args.size, batch_size=args.batch_size,

@@ -65,7 +65,7 @@ def check_generation_args(args) -> None:
 
 def generation_settings(args, pipeline_folder, tokens) -> dict:
     """What decides an image besides its prompt and seed (recorded for resume)."""
-    from geomkit.generation import token_fingerprint
+    from geomkit.generation import file_digest, token_fingerprint
 
     return {
         "pipeline": str(Path(pipeline_folder).resolve()),
@@ -77,7 +77,7 @@ def generation_settings(args, pipeline_folder, tokens) -> dict:
         "negative_prompt": args.negative_prompt,
         "dtype": args.dtype,
         # only when given, so image folders made before --lora existed still match
-        **({"loras": {str(Path(f).resolve()): Path(f).stat().st_size for f in args.lora}} if getattr(args, "lora", None) else {}),
+        **({"loras": {str(Path(f).resolve()): file_digest(f) for f in args.lora}} if getattr(args, "lora", None) else {}),
     }
 
 
@@ -207,7 +207,7 @@ def run(args) -> int:
     if pending:
         pipe = load_pipeline(folder, device=args.device, dtype=args.dtype, scheduler=args.scheduler)
         install_tokens(pipe, tokens)
-        install_loras(pipe, args.lora)
+        install_loras(pipe, [t.lora for t in tokens if t.lora is not None] + list(args.lora))  # one set, all active
         record_settings(img_dir, settings)
         made = generate(
             pipe, jobs, steps=args.steps, guidance=args.guidance, size=args.size, batch_size=args.batch_size,

@@ -318,5 +318,5 @@ def run(args) -> int:
         print(f"loss (mean of first / last 10 steps): {loss0:.4f} -> {loss1:.4f}   {res['seconds']:.1f} s")
     if res.get("drift"):
         print("drift (cosine to): " + ", ".join(f"{w} {c:+.3f}" for w, c in res["drift"].items()))
-    print(f"wrote {cfg.out}/learned_embeds.safetensors, results.json, train_log.jsonl")
+    print(f"wrote {cfg.out}/" + ", ".join(list(res.get("files") or ["learned_embeds.safetensors"]) + ["results.json", "train_log.jsonl"]))
     return 0

@@ -42,20 +42,17 @@ class TrainingLatents:
         self.encodes = 0
         resized, sizes = zip(*(load_resized(f, self.r) for f in files))
         self.sizes = list(sizes)  # original (height, width) of each image
-        mirrored = flip_p > 0
+        views = list(resized) + ([torch.flip(p, dims=[-1]) for p in resized] if flip_p > 0 else [])
         if crop == "random":
-            self.images = list(resized) + ([torch.flip(p, dims=[-1]) for p in resized] if mirrored else [])
+            self.images = views
             return
-        views = list(resized) + ([torch.flip(p, dims=[-1]) for p in resized] if mirrored else [])
         boxes = [center_crop_box(p.shape[1], p.shape[2], self.r) for p in views]
         self.boxes = torch.tensor(boxes, dtype=torch.float32)
-        pix = torch.stack([_crop(p, t, left, self.r) for p, (t, left) in zip(views, boxes)])
-        outs = self._encode(pix)
+        encoded = self._encode(torch.stack([_crop(p, t, left, self.r) for p, (t, left) in zip(views, boxes)]))
         if kind == "kl":
-            self.mean = torch.cat([o.latent_dist.mean.float() for o in outs])
-            self.std = torch.cat([o.latent_dist.std.float() for o in outs])
+            self.mean, self.std = encoded
         else:
-            self.latents = torch.cat([o.latent.float() for o in outs]) * self.scaling
+            self.latents = encoded
 
     @property
     def cached_rows(self) -> int:
@@ -66,12 +63,19 @@ class TrainingLatents:
         return self.crop == "random"
 
     @torch.no_grad()
-    def _encode(self, pix) -> list:
+    def _encode(self, pix):
+        """KL: (mean, std) of the latent distribution; DC-AE: the scaled latents. In the VAE's own
+        dtype, never under the step's autocast (the SDXL VAE overflows in fp16), so a step encodes
+        the same whether it runs in micro-batches or not."""
         outs = []
-        for s in range(0, pix.shape[0], VAE_BATCH):
-            outs.append(self.vae.encode(pix[s: s + VAE_BATCH].to(self.device, self.vae.dtype)))
-            self.encodes += 1
-        return outs
+        with torch.autocast(torch.device(self.device).type, enabled=False):
+            for s in range(0, pix.shape[0], VAE_BATCH):
+                outs.append(self.vae.encode(pix[s: s + VAE_BATCH].to(self.device, self.vae.dtype)))
+                self.encodes += 1
+        if self.kind == "kl":
+            return (torch.cat([o.latent_dist.mean.float() for o in outs]),
+                    torch.cat([o.latent_dist.std.float() for o in outs]))
+        return torch.cat([o.latent.float() for o in outs]) * self.scaling
 
     def take(self, idx, flips, gen, seed: int, step: int, rank: int):
         """(latents, crops) for examples `idx` (mirrored where `flips`): scaled latents ready for
@@ -88,13 +92,11 @@ class TrainingLatents:
                 left = int(torch.randint(0, img.shape[2] - self.r + 1, (1,), generator=cgen))
                 boxes.append((top, left))
                 pix.append(_crop(img, top, left, self.r))
-            outs = self._encode(torch.stack(pix))
+            encoded = self._encode(torch.stack(pix))
             box = torch.tensor(boxes, dtype=torch.float32)
-            if self.kind == "kl":
-                mean = torch.cat([o.latent_dist.mean.float() for o in outs])
-                std = torch.cat([o.latent_dist.std.float() for o in outs])
-            else:
-                return torch.cat([o.latent.float() for o in outs]) * self.scaling, torch.cat([sizes, box], 1)
+            if self.kind != "kl":
+                return encoded, torch.cat([sizes, box], 1)
+            mean, std = encoded
         else:
             box = self.boxes[rows]
             if self.kind != "kl":

@@ -19,6 +19,7 @@ newer one is complete; `--resume` skips checkpoints that fail their integrity ch
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -159,6 +160,9 @@ def _write_log(out: Path, log: list) -> None:
 
 
 def _resume_check(cfg: TrainConfig, saved: dict, main: bool) -> None:
+    # a setting newer than the checkpoint had its default value in that run
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    saved = dict(defaults, **saved)
     diff = [k for k in STRICT_RESUME if not same_setting(k, saved.get(k), getattr(cfg, k))]
     if diff:
         shown = "; ".join(f"--{k.replace('_', '-')} was {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in diff)
@@ -365,7 +369,7 @@ class Session:
         if cfg.lora_rank:
             from geomkit.train.lora import LoraTrainable
 
-            self.lora = LoraTrainable(self.obj.denoiser, cfg, "UNet" if hasattr(self.obj, "unet") else "transformer")
+            self.lora = LoraTrainable(self.obj.denoiser, cfg, self.obj.denoiser_name)
             self.trainables.append(self.lora)
         self.params = [p for t in self.trainables for p in t.params]
         self.opt = self.tokens.opt
@@ -449,6 +453,10 @@ class Session:
         for t in self.trainables[1:]:
             line.update(t.log_fields(step))
         return line
+
+    def inference(self):
+        """Sampling (validation images): the LoRA's dropout off, as at inference."""
+        return self.lora.inference() if self.lora is not None else nullcontext()
 
     def _zero_grad(self) -> None:
         for t in self.trainables:
@@ -546,7 +554,7 @@ def train(cfg: TrainConfig, given=()) -> dict:
     cfg = absolute_paths(check(cfg))  # recorded so, --resume works from any folder
     cfg.objective = objectives.detect(cfg)
     check_objective_options(cfg, given)
-    if cfg.preset:
+    if cfg.preset and cfg.resume is None:  # a resumed run's config.json already holds the preset's values
         from geomkit.train.presets import apply_preset
 
         applied = apply_preset(cfg, objectives.pipeline_kind_of(cfg), given)
@@ -676,7 +684,7 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
                 _write_log(out, log)
                 last_flush = time.perf_counter()
             if cfg.validation_steps and cfg.validation_prompts and step % cfg.validation_steps == 0 and dist.main:
-                with autocast():
+                with autocast(), sess.inference():
                     obj.validate(slots, step, out)
             if dist.any(sig.signum is not None):  # SIGTERM / Ctrl-C: keep this step, then stop
                 signum = sig.signum or signal.SIGTERM
@@ -708,12 +716,12 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
         flow = dict(labels=getattr(obj, "encoder_labels", None), kind=getattr(obj, "flow", None))
         files = export(out, cfg.placeholder, rows, **flow)
         if sess.lora is not None:
-            files += sess.lora.export(out, type(obj.pipeline()), "unet" if hasattr(obj, "unet") else "transformer")
+            files += sess.lora.export(out, type(obj.pipeline()), obj.denoiser_name)
         if unrescaled is not None:
             files += export(out, cfg.placeholder, unrescaled, stem="learned_embeds_unrescaled", **flow)
         done_in_loop = cfg.validation_steps and final_step % cfg.validation_steps == 0 and start < cfg.steps
         if cfg.validation_prompts and not done_in_loop:
-            with autocast():
+            with autocast(), sess.inference():
                 files += obj.validate(slots, final_step, out)
 
     results = _results(cfg, obj, slots, rows, unrescaled, log, seconds, step_times, related, files, start, dist, run_info)

@@ -26,17 +26,19 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from geomkit.errors import GeomkitError
+from geomkit.generation import RUN_LORA
 from geomkit.train.optim import ADAMW_BETAS, ADAMW_EPS, load_optimizer_state_tensors, optimizer_state_tensors
 
 DEFAULT_TARGETS = "to_q,to_k,to_v,to_out.0"
 LORA_WEIGHT_DECAY = 1e-2  # the DTI authors' DCO runs and diffusers' DreamBooth-LoRA SD script
-DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
+DIFFUSERS_FILE = RUN_LORA  # one name for the file: generate looks for it in run folders
 KOHYA_FILE = "lora_kohya.safetensors"
 
 
@@ -135,6 +137,18 @@ class LoraTrainable:
                 p.copy_(tensors[f"lora.param.{n}"].to(p.device, p.dtype))
         load_optimizer_state_tensors(self.opt, tensors, prefix="lora.opt")
 
+    @contextmanager
+    def inference(self):
+        """LoRA dropout off (e.g. for validation images), back on afterwards."""
+        drops = [m for n, m in self.denoiser.named_modules() if "lora_dropout" in n]
+        for m in drops:
+            m.eval()
+        try:
+            yield
+        finally:
+            for m in drops:
+                m.train()
+
     def log_fields(self, step: int) -> dict:
         return {"lora_lr": self.opt.param_groups[0]["lr"]}
 
@@ -156,11 +170,20 @@ class LoraTrainable:
         from geomkit.report import _umask
 
         out = Path(out)
-        state = convert_state_dict_to_diffusers(self.peft_state())
-        meta = self.denoiser.peft_config["default"].to_dict()
+        # alpha / r folded into B (lora_B / lora.up), the file's alpha then equals its rank: the file means
+        # the same in every loader, those that ignore the adapter metadata (older diffusers, peft-only,
+        # UIs reading this layout) included
+        scale = self.alpha / float(self.cfg.lora_rank)
+        peft = {k: (v * scale if ".lora_B." in k else v) for k, v in self.peft_state().items()}
+        state = convert_state_dict_to_diffusers(peft)
+        meta = dict(self.denoiser.peft_config["default"].to_dict(), lora_alpha=int(self.cfg.lora_rank))
+        meta["target_modules"] = sorted(meta.get("target_modules") or [])
         with tempfile.TemporaryDirectory(dir=out, prefix=".lora-") as tmp:
-            pipeline_cls.save_lora_weights(tmp, **{f"{component}_lora_layers": state,
-                                                   f"{component}_lora_adapter_metadata": meta})
+            try:
+                pipeline_cls.save_lora_weights(tmp, **{f"{component}_lora_layers": state,
+                                                       f"{component}_lora_adapter_metadata": meta})
+            except TypeError:  # diffusers before adapter metadata: the folded weights need none
+                pipeline_cls.save_lora_weights(tmp, **{f"{component}_lora_layers": state})
             os.chmod(Path(tmp) / DIFFUSERS_FILE, 0o666 & ~_umask())
             os.replace(Path(tmp) / DIFFUSERS_FILE, out / DIFFUSERS_FILE)  # atomic: never half-written
         written = [out / DIFFUSERS_FILE]

@@ -35,14 +35,14 @@ SETTINGS = [
     ("AdamW weight decay (TI)", "not stated", "SDXL 1e-2; SANA 0.0", "1e-2", "weight_decay"),
     ("DTI-AdamW ablation", "AdamW step, then back to the sphere; kappa listed", "current launcher: AdamW on v, no prior, renormalised only when saved", "-", None),
     ("SANA prompts", "not stated", "lower-cased; no complex human instruction in training (on at sampling); zero-pad prefix: 0-15 zero tokens after BOS, Exp(2)", "-", None),
-    ("SDXL time ids", "not stated", "per example: original size, random crop's top-left, target", "per example, crop always (0, 0)", "crop"),
+    ("SDXL time ids", "not stated", "per example: original size, random crop's top-left, target", "per example, crop always (0, 0)", None),
 ]
 
 # Values each preset sets, per pipeline kind ("sd", "sdxl", "sana") and method family.
 _AUTHORS_COMMON = dict(scale_lr=True, flip_p=0.0, crop="random", crossinit_reduction="mean")
 _AUTHORS = {
     "sdxl": dict(steps=400, resolution=768, kappa=1e-4, weight_decay=1e-2),
-    "sd": dict(steps=400, resolution=768, kappa=1e-4, weight_decay=1e-2),  # no SD 1.x script: SDXL's settings
+    "sd": dict(steps=400, kappa=1e-4, weight_decay=1e-2),  # no SD 1.x script: SDXL's, at SD's own resolution
     "sana": dict(steps=500, resolution=1024, kappa=5e-5, weight_decay=0.0),
 }
 _PAPER = dict(lr=5e-3, steps=500, batch_size=4, kappa=1e-4, crossinit_weight=1e-5, scale_lr=False)
@@ -99,6 +99,7 @@ def geomkit_default(field_name) -> str:
 
 
 _NOTES = {
+    "SDXL time ids": "per example: original size, the crop's top-left, target",
     "DTI-AdamW ablation": "`--method dti-adamw`: the paper's text (prior added, AdamW step, row renormalised every step, weight decay 1e-2)",
     "SANA prompts": "lower-cased; the complex human instruction the pipeline uses at inference (training sees what sampling sees); no zero-pad prefix",
 }

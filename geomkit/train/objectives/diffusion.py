@@ -157,7 +157,7 @@ class DiffusionObjective:
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
         # frozen UNet in half precision under mixed precision, as the public scripts; the VAE in float32
         self.unet = _frozen(UNet2DConditionModel.from_pretrained(folder, subfolder="unet"), device, self.weight_dtype)
-        self.denoiser = self.unet
+        self.denoiser, self.denoiser_name = self.unet, "unet"
         speed_options(self.unet, cfg, "UNet")
         self.vae = _frozen(AutoencoderKL.from_pretrained(folder, subfolder="vae"), device)
         self.noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
@@ -317,7 +317,7 @@ class SanaObjective:
         self.chi = self.text.chi
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
         self.transformer = _frozen(SanaTransformer2DModel.from_pretrained(folder, subfolder="transformer"), device, self.weight_dtype)
-        self.denoiser = self.transformer
+        self.denoiser, self.denoiser_name = self.transformer, "transformer"
         speed_options(self.transformer, cfg, "transformer")
         self.vae = _frozen(AutoencoderDC.from_pretrained(folder, subfolder="vae"), device)
         self.noise_scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
