@@ -69,7 +69,7 @@ class FlowObjective:
         else:
             from diffusers import SD3Transformer2DModel as Transformer
         self.transformer = _frozen(Transformer.from_pretrained(folder, subfolder="transformer"), device, self.weight_dtype)
-        self.denoiser = self.transformer
+        self.denoiser, self.denoiser_name = self.transformer, "transformer"
         speed_options(self.transformer, cfg, "transformer")
         self.guidance = (float(getattr(cfg, "guidance_scale", None) or GUIDANCE_SCALE)
                          if kind == "flux" and self.transformer.config.guidance_embeds else None)
