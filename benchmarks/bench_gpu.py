@@ -45,7 +45,7 @@ MODES = {
     "lora r32": dict(micro=None, ckpt=False, lora=32),
     "lora r32 + ckpt": dict(micro=None, ckpt=True, lora=32),
 }
-DEFAULTS = {"tiny": (32, 12), "sd15": (512, 10), "sdxl": (1024, 10)}  # resolution, steps
+DEFAULTS = {"tiny": (32, 12), "sd15": (512, 10), "sdxl": (1024, 10), "flux-dev": (1024, 10), "sd35-large": (1024, 10)}
 
 
 def _images(folder: Path, size: int, n: int = 5) -> Path:
@@ -308,7 +308,156 @@ def _estimate(size: str, batch: int, res: int, micro=None, ckpt=False, lean=True
     return {"weights_gib": weights / 2**30, "activations_gib": act / 2**30, "total_gib": (weights + act) / 2**30}
 
 
+# FLUX.1-dev and SD3.5-large as released (transformer, CLIP-L, CLIP-G, T5-XXL configs); only estimated
+# here (no GPU builds them in this kit): random-weight pipelines of these sizes need 30-40 GB to build.
+_T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64)
+FLOW_SIZES = {
+    # size: (kind, transformer config, CLIP configs, T5 max_sequence_length)
+    "flux-dev": ("flux", dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                              num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                              guidance_embeds=True, axes_dims_rope=(16, 56, 56)), ["clip_l"], 512),
+    "sd35-large": ("sd3", dict(sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64,
+                               num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
+                               pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192, qk_norm="rms_norm"),
+                   ["clip_l", "clip_g"], 256),
+}
+
+
+def _estimate_flow(size: str, batch: int, res: int, micro=None, ckpt=False, precision="bf16", lora=0,
+                   encoders=None) -> dict:
+    """As `_estimate`, for a FLUX.1 / SD3.x step: the transformer, the CLIP encoders and T5-XXL in the
+    half dtype (the learned rows float32), `encoders` the trained ones (default all: gradients flow
+    back through each of them, so each keeps its activations)."""
+    import logging
+
+    import torch
+    import torch.nn.functional as F
+    from diffusers import FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel
+    from torch.overrides import TorchFunctionMode
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from geomkit import tiny
+
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    kind, tcfg, clips, t5_len = FLOW_SIZES[size]
+    trained = set(encoders or clips + ["t5"])
+    low = {F.linear, F.conv2d, torch.matmul, torch.bmm, torch.baddbmm, torch.Tensor.matmul, torch.addmm}
+
+    class FlashLike(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+            ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+            return out
+
+        @staticmethod
+        def backward(ctx, g):
+            q, k, v = ctx.saved_tensors[:3]
+            return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    class MiniAutocast(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in low:
+                args = tuple(a.to(half) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+            elif func is F.scaled_dot_product_attention and kwargs.get("attn_mask") is None:
+                # diffusers' attention dispatcher passes query=, key=, value= by keyword
+                qkv = list(args[:3]) + [kwargs[k] for k in ("query", "key", "value")[len(args[:3]):]]
+                return FlashLike.apply(*(a.to(half) for a in qkv))
+            return func(*args, **kwargs)
+
+    cfg = {"clip_l": tiny._CLIP_L, "clip_g": tiny._CLIP_G}
+    with torch.device("meta"):
+        model = (FluxTransformer2DModel if kind == "flux" else SD3Transformer2DModel)(**tcfg).to(half).eval().requires_grad_(False)
+        encs = {}
+        for name in clips:
+            e = cfg[name]
+            c = tiny.clip_text_config(hidden=e["hidden"], layers=e["layers"], heads=e["heads"], projection_dim=e["projection_dim"])
+            c.intermediate_size, c.hidden_act = e["intermediate_size"], e["hidden_act"]
+            cls = CLIPTextModel if kind == "flux" else CLIPTextModelWithProjection
+            encs[name] = cls(c).to(half).eval().requires_grad_(False)
+        t5c = T5Config(**_T5_XXL, feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+        encs["t5"] = T5EncoderModel(t5c).to(half).eval().requires_grad_(False)
+    lora_state = 0
+    if lora:
+        from peft import LoraConfig
+
+        with torch.device("meta"):
+            model.add_adapter(LoraConfig(r=lora, lora_alpha=lora, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                         init_lora_weights="gaussian"))
+        lora_params = [p for n, p in model.named_parameters() if "lora_" in n]
+        for p in lora_params:
+            p.data = p.data.float()
+            p.requires_grad_(True)
+        lora_state = 3 * sum(p.numel() * 4 for p in lora_params)
+    if ckpt:
+        model.enable_gradient_checkpointing()
+    models = [model, *encs.values()]
+    weights = sum(p.numel() * p.element_size() for m in models for p in m.parameters()) + lora_state
+    frozen = {p.untyped_storage()._cdata for m in models for p in m.parameters()}
+    saved = {}
+
+    def pack(t):
+        key = t.untyped_storage()._cdata
+        if key not in frozen and key not in saved:
+            saved[key] = t.untyped_storage().nbytes()
+        return t
+
+    n, lat = micro or batch, res // 8
+    with torch.device("meta"):
+        for name, m in encs.items():  # the learned rows' gradient path, trained encoders only
+            if name in trained:
+                # T5EncoderModel's `shared` and `encoder.embed_tokens` are two modules sharing one weight:
+                # the encoder's forward calls the latter
+                emb = m.encoder.embed_tokens if name == "t5" else m.get_input_embeddings()
+                leaf = torch.zeros(emb.weight.shape[1], requires_grad=True)
+                emb.forward = lambda ids, emb=emb, leaf=leaf: type(emb).forward(emb, ids).detach() + leaf.to(emb.weight.dtype)
+        ids, t5_ids = torch.zeros(n, 77, dtype=torch.long), torch.zeros(n, t5_len, dtype=torch.long)
+        t = torch.zeros(n)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x), MiniAutocast():
+            seq = encs["t5"](t5_ids)[0]
+            if kind == "flux":
+                pooled = encs["clip_l"](ids).pooler_output
+                x = torch.zeros(n, 16, lat, lat, dtype=half)
+                packed = FluxPipeline._pack_latents(x, n, 16, lat, lat)
+                pred = model(hidden_states=packed, timestep=t, guidance=torch.zeros(n), pooled_projections=pooled.to(half),
+                             encoder_hidden_states=seq.to(half), txt_ids=torch.zeros(t5_len, 3),
+                             img_ids=torch.zeros((lat // 2) ** 2, 3), return_dict=False)[0]
+            else:
+                o1, o2 = (encs[k](ids, output_hidden_states=True) for k in ("clip_l", "clip_g"))
+                clip = torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], -1)
+                clip = F.pad(clip, (0, seq.shape[-1] - clip.shape[-1]))
+                embeds = torch.cat([clip.to(half), seq.to(half)], -2)
+                pooled = torch.cat([o1[0], o2[0]], -1).to(half)
+                pred = model(hidden_states=torch.zeros(n, 16, lat, lat, dtype=half), timestep=t, encoder_hidden_states=embeds,
+                             pooled_projections=pooled, return_dict=False)[0]
+            F.mse_loss(pred.float(), torch.zeros(pred.shape))
+    act = sum(saved.values())
+    return {"weights_gib": weights / 2**30, "activations_gib": act / 2**30, "total_gib": (weights + act) / 2**30}
+
+
+def estimate_flow_table(size: str, batch: int, res: int, precision: str) -> list:
+    kind = FLOW_SIZES[size][0]
+    clip_only = ["clip_l"] if kind == "flux" else ["clip_l", "clip_g"]
+    rows = []
+    for name, kw in [("full", {}), ("micro 1", dict(micro=1)), ("full + ckpt", dict(ckpt=True)),
+                     ("micro 1 + ckpt", dict(micro=1, ckpt=True)),
+                     (f"--encoders {','.join(clip_only)} + micro 1 + ckpt", dict(micro=1, ckpt=True, encoders=clip_only)),
+                     ("--encoders t5 + micro 1 + ckpt", dict(micro=1, ckpt=True, encoders=["t5"])),
+                     ("LoRA r4 + micro 1 + ckpt", dict(lora=4, micro=1, ckpt=True)),
+                     ("LoRA r32 + micro 1 + ckpt", dict(lora=32, micro=1, ckpt=True))]:
+        if kw.get("micro") and batch % kw["micro"]:
+            continue
+        r = _estimate_flow(size, batch, res, precision=precision, **kw)
+        rows.append({"mode": name, "weights GiB": f"{r['weights_gib']:.2f}", "kept for backward GiB": f"{r['activations_gib']:.2f}",
+                     "estimated peak GiB": f"{r['total_gib']:.1f}"})
+    return rows
+
+
 def estimate_table(size: str, batch: int, res: int, precision: str) -> list:
+    if size in FLOW_SIZES:
+        return estimate_flow_table(size, batch, res, precision)
     rows = []
     for name, kw in [("full, fp32 frozen encoders", dict(lean=False)), ("full", {}), ("micro 2", dict(micro=2)),
                      ("micro 1", dict(micro=1)), ("full + ckpt", dict(ckpt=True)), ("micro 2 + ckpt", dict(micro=2, ckpt=True)),
@@ -351,7 +500,8 @@ def fmt(row: dict, cuda: bool) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", choices=("tiny", "sd15", "sdxl"), default="tiny")
+    p.add_argument("--size", choices=("tiny", "sd15", "sdxl", *FLOW_SIZES), default="tiny",
+                   help="flux-dev and sd35-large: --estimate only")
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: 12 tiny, 10 otherwise)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--resolution", type=int, default=None, help="default: 32 tiny, 512 sd15, 1024 sdxl")
@@ -388,12 +538,14 @@ def main(argv=None) -> int:
         from geomkit.report import table_text
 
         if a.size == "tiny" or a.precision == "no":
-            p.error("--estimate needs --size sd15 or sdxl and --precision bf16 or fp16")
+            p.error("--estimate needs --size sd15, sdxl, flux-dev or sd35-large and --precision bf16 or fp16")
         print(f"geomkit bench_gpu --estimate: size {a.size}, {a.resolution} px, batch {a.batch}, {a.precision}: peak GPU "
               "memory of one step, ESTIMATED on the meta device (no GPU; weights + tensors kept for backward)")
         print(table_text(estimate_table(a.size, a.batch, a.resolution, a.precision)))
         return 0
 
+    if a.size in FLOW_SIZES:
+        p.error(f"--size {a.size}: only --estimate (building a random pipeline of this size is not part of this kit)")
     import torch
 
     a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")

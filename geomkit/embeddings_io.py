@@ -12,7 +12,9 @@ Layouts (either container)
 - A1111 `.pt`: `{"string_to_param": {"*": (n, d)}, "string_to_token", "name", "step", ...}`
   (the token is `name`, else the file's stem);
 - A1111 safetensors: `{"emb_params": (n, d)}` (the token is the file's stem);
-- SDXL community files (kohya, A1111, ComfyUI): `{"clip_l": (n, 768), "clip_g": (n, 1280)}`.
+- SDXL community files (kohya, A1111, ComfyUI): `{"clip_l": (n, 768), "clip_g": (n, 1280)}`;
+- FLUX.1 files (diffusers' advanced FLUX script, kohya): `{"clip_l": (n, 768), "t5": (n, 4096)}`, or `t5` alone
+  for a T5-only token; SD3.x: `{"clip_l", "clip_g", "t5"}`. Forge's `t5xxl` key is read as `t5`.
 
 Every vector is checked: at least one vector of at least one value, finite, not all zeros
 (a zero vector has no direction: cosines, norm ratios and interpolation are undefined).
@@ -28,8 +30,10 @@ from typing import Optional, Sequence
 from geomkit.errors import GeomkitError
 
 SDXL_KEYS = ("clip_l", "clip_g")
+T5_KEYS = ("clip_l", "clip_g", "t5")  # FLUX.1 / SD3.x files; the pipelines' encoder order
+FLUX_KEYS = ("clip_l", "t5")
 PICKLE_SUFFIXES = (".pt", ".bin", ".pth", ".ckpt")
-LAYOUTS = ("diffusers", "a1111", "sdxl")
+LAYOUTS = ("diffusers", "a1111", "sdxl", "flux", "sd3")
 EXPECTED = (
     "expected a textual-inversion embedding: diffusers {token: tensor}, A1111 string_to_param / emb_params, "
     "or an SDXL clip_l/clip_g pair"
@@ -262,6 +266,16 @@ def parse_layout(obj: dict, path, name: Optional[str] = None) -> EmbeddingFile:
     p = Path(path)
     keys = list(obj)
     shown = ", ".join(map(str, keys[:6])) + (", ..." if len(keys) > 6 else "")
+    t5_keys = {"t5xxl": "t5"}
+    if ("t5" in keys or "t5xxl" in keys) and set(keys) <= set(T5_KEYS) | set(t5_keys) and all(_is_tensor(v) for v in obj.values()):
+        parts = {t5_keys.get(k, k): check_vectors(obj[k], p, k) for k in keys}
+        parts = {k: parts[k] for k in T5_KEYS if k in parts}  # pipeline order
+        counts = {int(v.shape[0]) for v in parts.values()}
+        if len(counts) > 1:
+            raise GeomkitError(f"{path}: its parts hold different numbers of vectors ({', '.join(f'{k}: {v.shape[0]}' for k, v in parts.items())})")
+        # clip_l and clip_g name their encoders; t5 is the last one (FLUX 2, SD3 3): matched by dimension
+        return EmbeddingFile(name=name or p.stem, parts=parts, hints={k: i for i, k in enumerate(SDXL_KEYS, 1) if k in parts},
+                             path=str(p), layout="sd3" if "clip_g" in parts else "flux")
     if set(SDXL_KEYS) <= set(keys) and all(_is_tensor(obj[k]) for k in SDXL_KEYS):
         counts = {k: obj[k].shape[0] if obj[k].ndim == 2 else 1 for k in SDXL_KEYS}
         if counts["clip_l"] != counts["clip_g"]:
@@ -335,6 +349,23 @@ def part_for(ef: EmbeddingFile, d_model: Optional[int] = None, encoder: Optional
             dims = ", ".join(f"{k}: {ef.parts[k].shape[-1]}" for k in SDXL_KEYS)
             raise GeomkitError(f"{path}: SDXL file ({dims}) has no part of dimension {d_model}; pick --encoder 1 or 2")
         vec = ef.parts[key]
+    elif len(ef.parts) > 1 or ef.layout in ("flux", "sd3"):
+        order = [k for k in (FLUX_KEYS if ef.layout == "flux" else T5_KEYS)]
+        key = None
+        if encoder is not None:
+            key = order[encoder - 1] if 1 <= encoder <= len(order) and order[encoder - 1] in ef.parts else None
+            if key is None:
+                raise GeomkitError(f"{path}: {ef.layout.upper()} file ({', '.join(ef.parts)}) has no part for text encoder "
+                                   f"{encoder} ({', '.join(f'{i}={k}' for i, k in enumerate(order, 1))})")
+        elif d_model is not None:
+            key = next((k for k, v in ef.parts.items() if v.shape[-1] == d_model), None)
+        elif len(ef.parts) == 1:
+            key = next(iter(ef.parts))
+        if key is None:
+            dims = ", ".join(f"{k}: {v.shape[-1]}" for k, v in ef.parts.items())
+            raise GeomkitError(f"{path}: {ef.layout.upper()} file ({dims}) has no part of dimension {d_model}; "
+                               f"pick the part with --encoder ({', '.join(f'{i}={k}' for i, k in enumerate(order, 1))})")
+        vec = ef.parts[key]
     else:
         vec = next(iter(ef.parts.values()))
     if d_model is not None and vec.shape[-1] != d_model:
@@ -383,6 +414,20 @@ def save_learned(path, token: str, vectors) -> Path:
     import torch
 
     return save_tensors(path, {token: vectors.detach().to(torch.float32).reshape(-1, vectors.shape[-1])})
+
+
+def save_parts(path, parts: dict) -> Path:
+    """A FLUX.1 (`{"clip_l", "t5"}`, or one of them) or SD3.x (`{"clip_l", "clip_g", "t5"}`) file, as
+    diffusers' advanced FLUX script and kohya write them; diffusers loads it with one
+    `load_textual_inversion` per text encoder."""
+    import torch
+
+    from geomkit.report import save_tensors
+
+    bad = [k for k in parts if k not in T5_KEYS]
+    if bad:
+        raise GeomkitError(f"{path}: unknown part {bad[0]!r}; parts are {', '.join(T5_KEYS)}")
+    return save_tensors(path, {k: v.detach().to(torch.float32).reshape(-1, v.shape[-1]) for k, v in parts.items()})
 
 
 def save_sdxl_pair(path, clip_l, clip_g, token: Optional[str] = None) -> Path:
@@ -434,18 +479,51 @@ def pair_parts(files: Sequence[EmbeddingFile]) -> tuple:
     return v1, v2
 
 
+def t5_parts(files: Sequence[EmbeddingFile], to: str) -> dict:
+    """The FLUX (`clip_l`, `t5`) or SD3 (`clip_l`, `clip_g`, `t5`) parts from one such file or from
+    one single-part file per encoder: ordered by dimension (CLIP-L < CLIP-G < T5, as in the released models)."""
+    keys = FLUX_KEYS if to == "flux" else T5_KEYS
+    if len(files) == 1 and files[0].layout in ("flux", "sd3"):
+        parts = files[0].parts
+    else:
+        vecs = []
+        for ef in files:
+            if len(ef.parts) != 1:
+                raise GeomkitError(f"{ef.path}: already holds several parts ({', '.join(ef.parts)}); give it alone")
+            vecs.append((next(iter(ef.parts.values())), ef.path))
+        if len(vecs) != len(keys):
+            raise GeomkitError(f"--to {to} needs one file per text encoder ({', '.join(keys)}), or one {to.upper()} file; got {len(vecs)}")
+        vecs.sort(key=lambda x: x[0].shape[-1])
+        if len({int(v.shape[-1]) for v, _ in vecs}) != len(vecs):
+            raise GeomkitError(f"--to {to}: two files have the same dimension; they are not the parts of one {to.upper()} token")
+        parts = {k: v for k, (v, _) in zip(keys, vecs)}
+    missing = [k for k in keys if k not in parts]
+    extra = [k for k in parts if k not in keys]
+    if extra or (missing and to == "sd3"):
+        raise GeomkitError(f"--to {to}: the input's parts ({', '.join(parts)}) are not a {to.upper()} token's ({', '.join(keys)})")
+    if len({int(v.shape[0]) for v in parts.values()}) > 1:
+        raise GeomkitError(f"--to {to}: the parts hold different numbers of vectors")
+    return {k: parts[k] for k in keys if k in parts}
+
+
 def convert_tensors(files: Sequence[EmbeddingFile], to: str, token: Optional[str] = None, encoder: Optional[int] = None) -> dict:
     """The tensors of the `to` layout ("diffusers" | "a1111" | "sdxl") for the token in `files`."""
     if to not in LAYOUTS:
-        raise GeomkitError(f"--to {to!r}: choose diffusers, a1111 or sdxl")
+        raise GeomkitError(f"--to {to!r}: choose {', '.join(LAYOUTS)}")
     if not files:
         raise GeomkitError("no input file")
+    if to in ("flux", "sd3"):
+        return t5_parts(files, to)
     if to == "sdxl":
         clip_l, clip_g = pair_parts(files)
         return {"clip_l": clip_l, "clip_g": clip_g}
     if len(files) != 1:
         raise GeomkitError(f"--to {to} writes one token for one text encoder: give one input file (got {len(files)})")
     ef = files[0]
+    if ef.layout in ("flux", "sd3") and len(ef.parts) > 1 and encoder is None:
+        order = FLUX_KEYS if ef.layout == "flux" else T5_KEYS
+        raise GeomkitError(f"{ef.path}: a {ef.layout.upper()} file ({', '.join(ef.parts)}); pick the part with --encoder "
+                           f"({', '.join(f'{i}={k}' for i, k in enumerate(order, 1))})")
     if ef.is_pair and encoder not in (1, 2):
         raise GeomkitError(f"{ef.path}: an SDXL clip_l/clip_g pair; pick the part with --encoder 1 (clip_l) or 2 (clip_g)")
     vec = part_for(ef, encoder=encoder)

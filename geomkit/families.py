@@ -31,7 +31,7 @@ class Family:
     ln1: str  # path inside one block
     norm: str  # "layernorm" | "rmsnorm"
     prenorm: bool
-    positions: str  # "absolute" | "rope"
+    positions: str  # "absolute" | "rope" | "relative" (T5's relative position buckets)
     pos_embed: tuple[str, ...] = ()
     final_norm: tuple[str, ...] = ()
     embed_norm: tuple[str, ...] = ()
@@ -114,7 +114,45 @@ WHISPER_DECODER = Family(
     notes="Whisper text decoder: pre-norm LayerNorm with learned positions, the closest reachable relative of CLIP.",
 )
 
-FAMILIES: tuple[Family, ...] = (CLIP_TEXT, GEMMA, BERT, WHISPER_DECODER)
+T5_ENCODER = Family(
+    name="t5-encoder",
+    model_types=("t5", "mt5"),
+    blocks=("encoder.block",),
+    # `shared` and `encoder.embed_tokens` hold the same weight; the hook goes on the module the
+    # encoder's forward calls
+    embed=("encoder.embed_tokens", "shared"),
+    ln1="layer.0.layer_norm",
+    final_norm=("encoder.final_layer_norm",),
+    norm="rmsnorm",
+    prenorm=True,
+    positions="relative",
+    # the encoder stack itself: T5EncoderModel.forward and T5Stack.forward both take input_ids
+    root=("encoder", ""),
+    notes="T5 v1.1 encoder (FLUX.1's and SD3's T5-XXL): pre-norm RMSNorm, relative position buckets "
+          "(a learned bias on attention logits, block 0 only), no absolute positions.",
+)
+
+UMT5_ENCODER = Family(
+    name="umt5-encoder",
+    model_types=("umt5",),
+    blocks=T5_ENCODER.blocks,
+    embed=T5_ENCODER.embed,
+    ln1=T5_ENCODER.ln1,
+    final_norm=T5_ENCODER.final_norm,
+    norm="rmsnorm",
+    prenorm=True,
+    positions="relative",
+    root=T5_ENCODER.root,
+    notes="umT5 encoder (Wan2.1's text encoder): as T5, with a relative position bias in every block.",
+)
+
+FAMILIES: tuple[Family, ...] = (CLIP_TEXT, GEMMA, BERT, WHISPER_DECODER, T5_ENCODER, UMT5_ENCODER)
+
+
+def has_absolute_positions(fam: Family) -> bool:
+    """False for RoPE and relative-position (T5) families: no position vector is added to the
+    token embedding, so there is no LN(e + p)."""
+    return fam.positions == "absolute"
 
 
 def family_for(model_type: str) -> Optional[Family]:

@@ -31,6 +31,8 @@ DEFAULT_SCHEDULER = "ddim"  # the paper: DDIMScheduler, 50 steps, for SDXL (App.
 DEFAULT_STEPS = 50
 GUIDANCE_SD = 7.5  # diffusers' StableDiffusionPipeline default
 GUIDANCE_SDXL = 5.0  # diffusers' StableDiffusionXLPipeline default (what the DTI authors' code sampled with)
+GUIDANCE_FLUX = 3.5  # diffusers' FluxPipeline default (the guidance embedding's value; no CFG pass)
+GUIDANCE_SD3 = 7.0  # diffusers' StableDiffusion3Pipeline default
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -47,6 +49,7 @@ class Token:
     hints: dict = field(default_factory=dict)  # label -> 1 | 2
     paths: list = field(default_factory=list)
     lora: Optional[Path] = None  # the LoRA trained with it (a run folder's pytorch_lora_weights.safetensors)
+    layout: str = ""  # the file's layout (embeddings_io): "flux"/"sd3" files may cover some encoders only
 
 
 def read_token_file(path, name: Optional[str] = None) -> Token:
@@ -56,7 +59,7 @@ def read_token_file(path, name: Optional[str] = None) -> Token:
     from geomkit.embeddings_io import read_embedding
 
     ef = read_embedding(path, name=name)
-    return Token(name=ef.name, parts=dict(ef.parts), hints=dict(ef.hints), paths=[str(path)])
+    return Token(name=ef.name, parts=dict(ef.parts), hints=dict(ef.hints), paths=[str(path)], layout=ef.layout)
 
 
 def read_tokens(paths: Sequence, names: Optional[Sequence[str]] = None) -> list[Token]:
@@ -85,6 +88,7 @@ def read_tokens(paths: Sequence, names: Optional[Sequence[str]] = None) -> list[
 
 RUN_FILES_SDXL = "learned_embeds_sdxl.safetensors"
 RUN_FILES = ("learned_embeds.safetensors", "learned_embeds_2.safetensors")
+RUN_FILES_FLOW = ("learned_embeds_flux.safetensors", "learned_embeds_sd3.safetensors")
 
 
 def read_run_results(run_dir) -> dict:
@@ -116,6 +120,9 @@ def run_token(run_dir) -> Token:
     pair = sdxl_file(run, name)  # named after the token, or the old learned_embeds_sdxl.safetensors
     if pair is not None:
         return with_run_lora(read_token_file(pair, name=name), run)
+    for flow in RUN_FILES_FLOW:  # FLUX.1 / SD3.x runs: one file, a part per trained encoder
+        if (run / flow).is_file():
+            return with_run_lora(read_token_file(run / flow, name=name), run)
     files = [run / f for f in RUN_FILES if (run / f).is_file()]
     if not files:
         raise GeomkitError(f"run folder {run_dir} has no learned_embeds*.safetensors")
@@ -309,7 +316,9 @@ def load_pipeline(spec, *, device: str = "auto", dtype: str = "auto", scheduler:
         raise GeomkitError(f"--model {spec}: cannot load the pipeline ({first})") from None
     if scheduler not in SCHEDULERS:
         raise GeomkitError(f"--scheduler {scheduler}: choose one of {', '.join(SCHEDULERS)}")
-    if SCHEDULERS[scheduler]:
+    # FLUX.1 and SD3.x sample with their own flow-matching scheduler only (they pass it sigmas)
+    flow = type(pipe).__name__.startswith(("Flux", "StableDiffusion3"))
+    if SCHEDULERS[scheduler] and not flow:
         pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(dev)
@@ -321,6 +330,11 @@ def is_sdxl(pipe) -> bool:
 
 
 def default_guidance(pipe) -> float:
+    name = type(pipe).__name__
+    if name.startswith("Flux"):
+        return GUIDANCE_FLUX
+    if name.startswith("StableDiffusion3"):
+        return GUIDANCE_SD3
     return GUIDANCE_SDXL if is_sdxl(pipe) else GUIDANCE_SD
 
 
@@ -333,10 +347,14 @@ def default_size(pipe) -> int:
     return int(size) * int(scale)
 
 
+# every text encoder a pipeline may have, in the `--encoder N` numbering (SD3's T5 is the third)
+ENCODER_ATTRS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3"))
+
+
 def pipeline_encoders(pipe) -> list[tuple[int, object, object, int]]:
     """(index, text_encoder, tokenizer, embedding dimension) for each text encoder of the pipeline."""
     out = []
-    for i, (te, tk) in enumerate((("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")), start=1):
+    for i, (te, tk) in enumerate(ENCODER_ATTRS, start=1):
         enc, tok = getattr(pipe, te, None), getattr(pipe, tk, None)
         if enc is not None and tok is not None:
             out.append((i, enc, tok, int(enc.get_input_embeddings().weight.shape[1])))
@@ -349,7 +367,7 @@ def pipeline_dims(folder) -> list[tuple[int, None, None, int]]:
     folder = Path(folder)
     index = json.loads((folder / "model_index.json").read_text())
     out = []
-    for i, (te, tk) in enumerate((("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")), start=1):
+    for i, (te, tk) in enumerate(ENCODER_ATTRS, start=1):
         entry = index.get(te)
         if not entry or entry in ([None, None], (None, None)) or index.get(tk) in (None, [None, None]):
             continue
@@ -382,8 +400,16 @@ def assign_parts(token: Token, encoders) -> list[tuple[int, object]]:
     split into sub-word pieces by the other."""
     free = dict(token.parts)
     chosen = []
+    # a FLUX/SD3 file may hold the token for some encoders only (a T5-only FLUX token): the others
+    # read the placeholder as plain text, as the ecosystem's loaders leave them
+    partial = getattr(token, "layout", None) in ("flux", "sd3")
     for idx, _enc, _tok, d in encoders:
         fits = [k for k, v in free.items() if v.shape[-1] == d]
+        if not fits and partial:
+            continue
+        if not fits and getattr(token, "layout", None) == "sdxl" and len(encoders) != 2:
+            raise GeomkitError(f"token {token.name!r} is an SDXL clip_l/clip_g file; this pipeline's text encoders "
+                               f"(dimension {' and '.join(str(e[3]) for e in encoders)}) are not SDXL's")
         if not fits:
             have = ", ".join(f"{k}: {v.shape[-1]}" for k, v in token.parts.items())
             want = " and ".join(str(e[3]) for e in encoders)
@@ -395,6 +421,11 @@ def assign_parts(token: Token, encoders) -> list[tuple[int, object]]:
         best = next((k for k in fits if token.hints.get(k) == idx), None)
         best = best or next((k for k in fits if k not in token.hints), fits[0])
         chosen.append((idx, free.pop(best)))
+    if partial and (free or not chosen):
+        have = ", ".join(f"{k}: {v.shape[-1]}" for k, v in token.parts.items())
+        want = " and ".join(str(e[3]) for e in encoders)
+        raise GeomkitError(f"token {token.name!r} ({have}) does not fit this pipeline's text encoders (dimension {want}): "
+                           f"the {token.layout.upper()} file was trained for another model")
     return chosen
 
 
@@ -402,7 +433,8 @@ def install_tokens(pipe, tokens: Sequence[Token]) -> None:
     """`load_textual_inversion` once per text encoder and token (the two-call way for SDXL)."""
     if not tokens:
         return
-    if not hasattr(pipe, "load_textual_inversion"):
+    by_hand = not hasattr(pipe, "load_textual_inversion")
+    if by_hand and getattr(pipe, "text_encoder_3", None) is None:
         raise GeomkitError(f"{type(pipe).__name__} does not support textual-inversion tokens")
     encoders = pipeline_encoders(pipe)
     if not encoders:
@@ -412,12 +444,45 @@ def install_tokens(pipe, tokens: Sequence[Token]) -> None:
     for tok, parts in plan:
         for idx, vec in parts:
             _, enc, tk, _ = by_idx[idx]
+            if by_hand:  # SD3: diffusers' pipeline has no TextualInversionLoaderMixin
+                load_rows_by_hand(vec, tok.name, enc, tk)
+                # nor maybe_convert_prompt: multi-vector tokens are expanded in the prompts here
+                pipe._geomkit_by_hand = {**getattr(pipe, "_geomkit_by_hand", {}), tok.name: int(vec.shape[0])}
+                continue
             try:
                 pipe.load_textual_inversion(
                     vec.to(dtype=enc.dtype), token=tok.name, text_encoder=enc, tokenizer=tk
                 )
             except ValueError as exc:
                 raise GeomkitError(f"token {tok.name!r}: {str(exc).splitlines()[0]} (choose a new name with --token)") from None
+
+
+def expand_by_hand_tokens(pipe, prompt: str) -> str:
+    """`tok` -> `tok tok_1 ...` for tokens loaded by hand (what maybe_convert_prompt does elsewhere)."""
+    from geomkit.train.data import expand_placeholder
+
+    for name, n in getattr(pipe, "_geomkit_by_hand", {}).items():
+        prompt = expand_placeholder(prompt, name, n)
+    return prompt
+
+
+def load_rows_by_hand(vectors, name: str, text_encoder, tokenizer) -> list:
+    """What `load_textual_inversion` does, for pipelines without it (diffusers' SD3): the token (and
+    `name_1`, ... for more vectors) added to the tokenizer, the table grown, the rows written. The ids."""
+    from geomkit.train.data import token_strings
+
+    names = token_strings(name, int(vectors.shape[0]))
+    vocab = tokenizer.get_vocab()
+    if any(n in vocab for n in names):
+        raise GeomkitError(f"token {name!r} is already in the tokenizer's vocabulary (choose a new name with --token)")
+    tokenizer.add_tokens(names)
+    ids = tokenizer.convert_tokens_to_ids(names)
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    weight = text_encoder.get_input_embeddings().weight
+    with __import__("torch").no_grad():
+        for i, v in zip(ids, vectors):
+            weight[i] = v.to(device=weight.device, dtype=weight.dtype)
+    return list(ids)
 
 
 # ---- generation ------------------------------------------------------------------------------
@@ -458,7 +523,7 @@ def generate(
             batch = todo[start : start + batch_size]
             gens = [torch.Generator("cpu").manual_seed(int(j.seed)) for j in batch]
             kwargs = dict(
-                prompt=[j.prompt for j in batch],
+                prompt=[expand_by_hand_tokens(pipe, j.prompt) for j in batch],
                 generator=gens,
                 num_inference_steps=steps,
                 guidance_scale=guidance,

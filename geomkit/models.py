@@ -517,7 +517,7 @@ def load_tokenizers(spec: str) -> list:
     folder = resolve_spec(spec, progress=False)
     if (folder / "model_index.json").exists():
         index = read_config(folder / "model_index.json", spec)
-        dirs = [folder / t for t in ("tokenizer", "tokenizer_2") if index.get(t) not in (None, [None, None]) and (folder / t).is_dir()]
+        dirs = [folder / t for t in ("tokenizer", "tokenizer_2", "tokenizer_3") if index.get(t) not in (None, [None, None]) and (folder / t).is_dir()]
     else:
         dirs = [folder]
     out = []

@@ -241,6 +241,11 @@ def cached_dir(kind: str, root: str) -> Path:
         "sd-eos49407": lambda d: save_sd_pipeline(d, sdxl=False, eos_token_id=49407),
         "sdxl-eos49407": lambda d: save_sd_pipeline(d, sdxl=True, eos_token_id=49407),
         "sana": save_sana_pipeline,
+        "t5": save_t5_model,
+        "umt5": lambda d: save_t5_model(d, umt5=True),
+        "flux": save_flux_pipeline,
+        "flux-schnell": lambda d: save_flux_pipeline(d, guidance=False),
+        "sd3": save_sd3_pipeline,
     }
     return builders[kind](dest)
 
@@ -460,4 +465,142 @@ def save_sized_pipeline(dest: Path, size: str, seed: int = 0) -> Path:
         index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
     (dest / "model_index.json").write_text(json.dumps(index, indent=2))
     shutil.rmtree(dest / "_tok", ignore_errors=True)
+    return dest
+
+
+# ---- T5 encoders, FLUX.1 and SD3.x (tiny random pipelines; tokenizers trained locally) -----------
+T5_VOCAB_SIZE = 1000
+
+
+def _t5_corpus() -> list:
+    """Training text for the tiny T5 tokenizer: the whole words of CLIP's BPE vocabulary (the
+    first merges are the most frequent English words) plus geomkit's own template prompts, so the
+    usual init words (dog, cat, photo, ...) come out as single tokens."""
+    from geomkit.train.data import OBJECT_TEMPLATES
+
+    lines = gzip.open(_open_clip_bpe()).read().decode("utf-8").split("\n")[1:20000]
+    words = [m.replace(" ", "")[:-4] for m in lines if m.endswith("</w>") and m.replace(" ", "")[:-4].isalpha()]
+    common = ["dog", "cat", "car", "house", "toy", "person", "man", "woman", "sculpture", "painting", "style", "apple",
+              "study", "writing", "object", "fruit", "teddy", "bear", "tree", "flower"]
+    prompts = [t.format(w) for t in OBJECT_TEMPLATES for w in common]
+    return prompts * 3 + [" ".join(words[i: i + 12]) for i in range(0, len(words), 12)]
+
+
+def t5_tokenizer(vocab_size: int = T5_VOCAB_SIZE):
+    """A T5TokenizerFast around a Unigram model trained here in about a second (no download):
+    T5's special tokens (<pad> 0, </s> 1, <unk> 2), its Metaspace pre-tokenizer and its
+    "append </s>" post-processor; no <extra_id_N> sentinels (they only matter for T5's pre-training)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    tk = Tokenizer(models.Unigram())
+    tk.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(" {2,}", " ")])
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
+                                      shrinking_factor=0.75)
+    tk.train_from_iterator(_t5_corpus(), trainer=trainer)
+    tk.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                      special_tokens=[("</s>", tk.token_to_id("</s>"))])
+    return T5TokenizerFast(tokenizer_object=tk, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0,
+                           model_max_length=512)
+
+
+def t5_config(vocab_size: int, d_model: int = 64, layers: int = 2, heads: int = 4, umt5: bool = False, **kw):
+    """A tiny T5 v1.1-style encoder config (gated GELU, as T5-XXL in FLUX/SD3): pre-norm RMSNorm,
+    relative position buckets, no absolute positions. `umt5` builds UMT5 (Wan2.1's encoder:
+    per-block relative position biases)."""
+    from transformers import T5Config, UMT5Config
+
+    cls = UMT5Config if umt5 else T5Config
+    return cls(vocab_size=vocab_size, d_model=d_model, d_kv=d_model // heads, d_ff=2 * d_model, num_layers=layers,
+               num_heads=heads, relative_attention_num_buckets=8, relative_attention_max_distance=32,
+               feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False, pad_token_id=0, eos_token_id=1,
+               decoder_start_token_id=0, tie_word_embeddings=False, **kw)
+
+
+def save_t5_model(dest: Path, seed: int = 0, d_model: int = 64, layers: int = 2, umt5: bool = False) -> Path:
+    """A tiny T5 (or umT5) encoder folder with the locally trained tokenizer."""
+    from transformers import T5EncoderModel, UMT5EncoderModel
+
+    tok = t5_tokenizer()
+    _seeded(seed)
+    (UMT5EncoderModel if umt5 else T5EncoderModel)(t5_config(len(tok), d_model, layers, umt5=umt5)).save_pretrained(dest)
+    tok.save_pretrained(dest)
+    return Path(dest)
+
+
+def _flow_vae(latent_channels: int = 4, scaling_factor: float = 1.5035, shift_factor: float = 0.0609):
+    """A tiny AutoencoderKL as FLUX/SD3 use it (no quant convs; latents (x - shift) * scale)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[8, 16], in_channels=3, out_channels=3, latent_channels=latent_channels,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"], up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        norm_num_groups=2, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
+        scaling_factor=scaling_factor, shift_factor=shift_factor,
+    )
+
+
+def save_flux_pipeline(dest: Path, seed: int = 0, guidance: bool = True) -> Path:
+    """A tiny FLUX.1 pipeline folder (CLIP-L pooled + T5 sequence, FluxTransformer2DModel, 16-channel
+    style VAE scaled down to 4 latent channels, flow-matching scheduler with dynamic shifting), as
+    diffusers saves it. `guidance` builds a guidance-distilled transformer (FLUX.1-dev style);
+    False builds one without the guidance embedding (FLUX.1-schnell style)."""
+    import shutil
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel
+
+    dest = Path(dest)
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(dest / "_tok"))
+    tokenizer_2 = t5_tokenizer()
+    _seeded(seed)
+    text_encoder = CLIPTextModel(clip_text_config(hidden=32))
+    text_encoder_2 = T5EncoderModel(t5_config(len(tokenizer_2), d_model=64))
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=guidance, axes_dims_rope=[4, 4, 8],
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
+    )
+    pipe = FluxPipeline(scheduler=scheduler, vae=_flow_vae(), text_encoder=text_encoder, tokenizer=tokenizer,
+                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
+    pipe.save_pretrained(dest)
+    shutil.rmtree(dest / "_tok")
+    return dest
+
+
+def save_sd3_pipeline(dest: Path, seed: int = 0) -> Path:
+    """A tiny SD3.x pipeline folder (CLIP-L and CLIP-G with projections, T5, SD3Transformer2DModel,
+    VAE, flow-matching scheduler), as diffusers saves it. The T5 is wider (96) than the two CLIP
+    widths together (32 + 48), as in the real model (4096 >= 768 + 1280): SD3 pads the CLIP
+    sequence up to T5's width."""
+    import shutil
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel
+
+    dest = Path(dest)
+    tok_dir = write_clip_tokenizer(dest / "_tok")
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    tokenizer_2 = CLIPTokenizer.from_pretrained(tok_dir, pad_token="!")
+    tokenizer_3 = t5_tokenizer()
+    _seeded(seed)
+    text_encoder = CLIPTextModelWithProjection(clip_text_config(hidden=32, projection_dim=32))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(hidden=48, projection_dim=32))
+    text_encoder_3 = T5EncoderModel(t5_config(len(tokenizer_3), d_model=96))
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=96, pooled_projection_dim=64,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipe = StableDiffusion3Pipeline(
+        scheduler=scheduler, vae=_flow_vae(scaling_factor=1.5305, shift_factor=0.0609), text_encoder=text_encoder,
+        tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3, transformer=transformer,
+    )
+    pipe.save_pretrained(dest)
+    shutil.rmtree(dest / "_tok")
     return dest

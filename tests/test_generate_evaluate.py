@@ -258,6 +258,9 @@ def test_evaluate_scores_a_lora_run_with_its_lora(tiny_dir, scorers, refs, tmp_p
     bare = tmp_path / "bare"
     shutil.copytree(run, bare)
     (bare / "pytorch_lora_weights.safetensors").unlink()
+    res = json.loads((bare / "results.json").read_text())  # a run without a LoRA records none
+    res.pop("lora", None)
+    (bare / "results.json").write_text(json.dumps(res))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("#@ both\na {} in the snow\na {} on a table\n")
     scores = {}

@@ -37,7 +37,7 @@ def test_errors_are_one_line(tmp_path, tiny_dir):
         load_encoder(str(tmp_path / "empty"))
     odd = tmp_path / "odd"
     odd.mkdir()
-    (odd / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    (odd / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(GeomkitError, match="not supported"):
         load_encoder(str(odd))
     with pytest.raises(GeomkitError, match="text_encoder_2"):

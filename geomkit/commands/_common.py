@@ -19,7 +19,8 @@ def add_model_args(p: argparse.ArgumentParser, default: str = "gemma3-270m") -> 
         f"or an org/name repo id in the local Hugging Face cache (default: {default})",
     )
     p.add_argument(
-        "--encoder", type=int, default=1, choices=(1, 2), help="which text encoder of a pipeline folder (SDXL: 1=CLIP-L, 2=bigG)"
+        "--encoder", type=int, default=1, choices=(1, 2, 3),
+        help="which text encoder of a pipeline folder (SDXL: 1=CLIP-L, 2=bigG; FLUX.1: 1=CLIP-L, 2=T5; SD3: 1=CLIP-L, 2=CLIP-G, 3=T5)"
     )
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 NAME = "convert"
 ORDER = 74
-HELP = "convert a learned embedding (.pt/.bin/.safetensors) to diffusers, A1111 or SDXL safetensors"
+HELP = "convert a learned embedding (.pt/.bin/.safetensors) to diffusers, A1111, SDXL, FLUX or SD3 safetensors"
 DESCRIPTION = (
     "Read IN (A1111 .pt, diffusers learned_embeds.bin, or any safetensors embedding; pickles only through "
     "torch.load(weights_only=True), which builds tensors and refuses code) and write --out as safetensors: "
     "--to diffusers {token: (n, d)} (what pipe.load_textual_inversion and `geomkit generate` read), "
     "--to a1111 {\"emb_params\": (n, d)} (A1111/ComfyUI; the prompt word is the file's name), or "
-    "--to sdxl {\"clip_l\": (n, 768), \"clip_g\": (n, 1280)} from one SDXL file or from the two per-encoder files. "
+    "--to sdxl {\"clip_l\": (n, 768), \"clip_g\": (n, 1280)} from one SDXL file or from the two per-encoder files, "
+    "--to flux {\"clip_l\": (n, 768), \"t5\": (n, 4096)} or --to sd3 {\"clip_l\", \"clip_g\", \"t5\"} from one such file or one "
+    "file per encoder (told apart by dimension: CLIP-L < CLIP-G < T5). "
     "The written file is read back and compared before the command succeeds."
 )
 
@@ -20,14 +22,15 @@ def add_arguments(p):
     from geomkit.commands._common import existing_file, out_file
 
     p.add_argument("inputs", nargs="+", type=existing_file, metavar="IN", help="embedding file (two files for --to sdxl: the CLIP-L and the bigG part)")
-    p.add_argument("--to", required=True, choices=("diffusers", "a1111", "sdxl"), help="layout to write")
+    p.add_argument("--to", required=True, choices=("diffusers", "a1111", "sdxl", "flux", "sd3"), help="layout to write")
     p.add_argument("--out", required=True, type=out_file, metavar="FILE", help="output file (*.safetensors)")
     p.add_argument("--token", default=None, type=token_name, metavar="TOKEN",
                    help="token name for --to diffusers (the file's key) and --to sdxl (its metadata); default: the name the file "
                         "carries. --to a1111 takes the word from the file name: name --out after the token instead")
     p.add_argument(
-        "--encoder", type=int, default=None, choices=(1, 2),
-        help="from an SDXL pair to diffusers/a1111: which part (1 = clip_l, 2 = clip_g)",
+        "--encoder", type=int, default=None, choices=(1, 2, 3),
+        help="from an SDXL pair to diffusers/a1111: which part (1 = clip_l, 2 = clip_g); from a FLUX file 1 = clip_l, "
+             "2 = t5; from an SD3 file 1 = clip_l, 2 = clip_g, 3 = t5",
     )
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 

@@ -121,7 +121,7 @@ def fill_tokens(template: str, names) -> str:
 
 def add_arguments(p):
     p.add_argument("--model", metavar="PIPELINE", default=None, type=model_spec, help="diffusers pipeline folder (or cached org/name); default: the --run's model")
-    p.add_argument("--embedding", nargs="+", default=[], type=existing_file, metavar="FILE", help="learned embedding file(s): diffusers {token: (n, d)} or SDXL {clip_l, clip_g}")
+    p.add_argument("--embedding", nargs="+", default=[], type=existing_file, metavar="FILE", help="learned embedding file(s): diffusers {token: (n, d)}, SDXL {clip_l, clip_g}, FLUX {clip_l, t5} (or t5 alone) or SD3 {clip_l, clip_g, t5}")
     p.add_argument("--run", nargs="+", default=[], type=existing_dir, metavar="RUN_DIR", help="training run folder(s): their learned token(s)")
     p.add_argument("--lora", nargs="+", default=[], type=existing_file, metavar="FILE",
                    help="LoRA file(s) for the denoiser (diffusers pytorch_lora_weights or kohya layout); a --run trained "

@@ -30,7 +30,7 @@ def add_arguments(p):
         help="gemma3-270m, minilm-l6, whisper-tiny-en, a local model or a diffusers pipeline folder (default: gemma3-270m)",
     )
     p.add_argument(
-        "--encoder", type=int, default=None, choices=(1, 2),
+        "--encoder", type=int, default=None, choices=(1, 2, 3),
         help="pipeline folders: inspect on this text encoder only (default: each part on the encoder it fits)",
     )
     add_out_arg(p, "runs/inspect")
@@ -340,14 +340,21 @@ def run(args) -> int:
             f = out / f"{stem}-rescaled.safetensors"
             if f in written:  # x.pt and x.safetensors in one folder: keep both
                 f = out / f"{stem}-{src.suffix.lstrip('.') or 'file'}-rescaled.safetensors"
-            if set(fixed) == {"clip_l", "clip_g"}:
+            if ef.layout in ("flux", "sd3"):  # FLUX.1 / SD3.x files keep their layout (clip_l, clip_g, t5 keys)
+                from geomkit.embeddings_io import save_parts
+
+                save_parts(f, {label: vec for label, (_i, vec) in fixed.items()})
+            elif set(fixed) == {"clip_l", "clip_g"}:
                 save_sdxl_pair(f, fixed["clip_l"][1], fixed["clip_g"][1], token=ef.name)
             else:
                 save_learned(f, ef.name, next(iter(fixed.values()))[1])
             back = read_embedding(f)
             written.append(f)
             for label, (i, _vec) in fixed.items():
-                part = back.parts["clip_l" if label == "clip_l" else "clip_g"] if back.is_pair else next(iter(back.parts.values()))
+                if back.layout in ("flux", "sd3"):
+                    part = back.parts[label]
+                else:
+                    part = back.parts["clip_l" if label == "clip_l" else "clip_g"] if back.is_pair else next(iter(back.parts.values()))
                 tokens += rows_for(shown[id(ef)], part, f, i, fixed="rescale")
 
     model_name = state[min(state)][0].name if len(state) == 1 else str(args.model)

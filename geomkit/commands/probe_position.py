@@ -147,7 +147,7 @@ def run(args) -> int:
     report.write_json(out / "results.json", results)
 
     print(f"model: {enc.name}   site: {site}   positions: {res.n_positions} (chance {100 * res.chance:.1f}%)")
-    if not args.site and enc.family.positions == "rope":
+    if not args.site and enc.family.positions in ("rope", "relative"):
         print(f"site chosen automatically: {site_why}")
     import math
 

@@ -25,6 +25,9 @@ def add_arguments(p):
     p.add_argument("--force", action="store_true", help="rerun every step instead of reusing finished ones")
     p.add_argument("--only", nargs="+", default=None, metavar="STEP", help="run only these steps (e.g. neighbors norms)")
     p.add_argument("--models", nargs="+", default=None, metavar="MODEL", help="run only the steps of these models (gemma3-270m minilm-l6 whisper-tiny-en)")
+    p.add_argument("--t5-random", action="store_true",
+                   help="instead: the mechanism checks on the T5 encoder of a tiny RANDOM FLUX.1 pipeline (no real T5 "
+                        "weights are reachable here; not findings), written to FIGURES/REPORT-T5-RANDOM.md")
 
 
 def run(args) -> int:
@@ -34,6 +37,8 @@ def run(args) -> int:
     from geomkit.errors import GeomkitError
     from geomkit.reproduce import MODELS, plan, run_steps, write_report
 
+    if args.t5_random:
+        return _t5_random(args)
     known = {s.name for s in plan(Path("."), args.quick)}
     unknown = [s for s in args.only or [] if s not in known]
     if unknown:
@@ -71,4 +76,25 @@ def run(args) -> int:
     path = write_report(results, figures, plan(results, args.quick), status, args.quick)
     print(f"\nwrote {path}")
     print(path.read_text().split("## Figures")[0])
+    return 0
+
+
+def _t5_random(args) -> int:
+    from pathlib import Path
+
+    from geomkit import report
+    from geomkit import reproduce_t5 as t5
+    from geomkit.errors import GeomkitError
+    from geomkit.reproduce import run_steps
+
+    if args.only or args.models or args.quick:
+        raise GeomkitError("--t5-random runs its own small set of steps: give it without --only, --models or --quick")
+    base = Path(args.out).expanduser() if args.out else Path(".")
+    results = report.prepare_out(args.results or base / "probes", "--out" if args.out and not args.results else "--results")
+    figures = report.prepare_out(args.figures or base / "figures", "--out" if args.out and not args.figures else "--figures")
+    t5.prepare(results)
+    status = run_steps(t5.steps(results), results, figures, force=args.force)
+    path = t5.write_report(results, figures, status)
+    print(f"\nwrote {path}")
+    print(path.read_text().split("## Steps")[0])
     return 0

@@ -70,6 +70,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="diffusion: square crop of each image after its shorter side is resized: center (encoded once) or "
                         "random (a new crop every step, VAE encoder every step; the DTI authors' setting). SDXL's time ids "
                         "carry each image's original size and crop (default: center)")
+    g.add_argument("--encoders", default=None, metavar="NAMES",
+                   help="FLUX.1/SD3: the text encoders the token gets rows for, a comma list of clip_l, clip_g, t5 "
+                        "(FLUX: clip_l,t5; SD3: clip_l,clip_g,t5). The others read the placeholder as plain text, as at "
+                        "inference when the token is loaded into those encoders only (default: all)")
+    g.add_argument("--guidance-scale", type=float, default=d.guidance_scale, metavar="G",
+                   help="FLUX.1 guidance-distilled transformers (dev): the guidance embedding's value, as diffusers' "
+                        "FLUX training scripts (default: 3.5)")
     g.add_argument("--validation-prompt", action="append", default=[], metavar="TEXT", dest="validation_prompts", type=nonempty("validation prompt"),
                    help="diffusion: prompt to render during training (repeatable)")
     g.add_argument("--validation-steps", type=int, default=d.validation_steps, metavar="N", help="render every N steps (default: 100)")

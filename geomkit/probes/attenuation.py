@@ -117,6 +117,12 @@ class Inputs:
 
 
 def not_applicable_reason(enc) -> Optional[str]:
+    if enc.family.positions == "relative":
+        return (
+            f"{enc.name} ({enc.family.name}) has no absolute position embedding p: positions enter as a learned bias on "
+            "the attention logits (relative position buckets), after the normalisation, so Norm(m v + p) has no p to "
+            "attenuate and Lemma 1 does not apply"
+        )
     if enc.family.positions == "rope" or enc.position_table() is None:
         return (
             f"{enc.name} ({enc.family.name}) has no absolute position embedding p: positions enter as RoPE rotations of "

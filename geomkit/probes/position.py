@@ -58,10 +58,11 @@ def choose_site(enc, site: Optional[str] = None) -> tuple[str, Optional[str]]:
     RoPE model `rope_site(enc)` with a one-sentence reason."""
     why = None
     if site is None:
-        if enc.family.positions == "rope":
+        if enc.family.positions in ("rope", "relative"):
             site = rope_site(enc)
+            scheme = "RoPE" if enc.family.positions == "rope" else "relative position buckets"
             why = (
-                f"{enc.name} uses RoPE (no absolute position embeddings, so no LN(e + p)): probing after "
+                f"{enc.name} uses {scheme} (no absolute position embeddings, so no LN(e + p)): probing after "
                 f"{int(site.split('.')[1]) + 1} blocks at {site}; --site blocks.K.resid_post picks another block"
             )
         else:

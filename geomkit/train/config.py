@@ -59,6 +59,8 @@ class TrainConfig:
     templates: str = "object"  # object | style | a text file with one template per line ("{}" = the token)
     flip_p: float = 0.5
     crop: str = "center"  # center | random (SDXL: the crop's offsets are the time ids' crops_coords_top_left)
+    encoders: Optional[str] = None  # FLUX/SD3: comma list of clip_l, clip_g, t5 to learn rows for (None: all)
+    guidance_scale: float = 3.5  # FLUX.1 guidance-distilled transformers: the guidance embedding's value
     validation_prompts: list = field(default_factory=list)
     validation_steps: int = 100
     validation_images: int = 1
@@ -124,6 +126,7 @@ FLOAT_RANGES = {  # name: (low, high, low is allowed)
     "lora_dropout": (0.0, 0.99, True),
     "dco_beta": (0.0, 1e6, False),
     "weight_decay": (0.0, 100.0, True),
+    "guidance_scale": (0.0, 100.0, True),
 }
 INT_RANGES = {  # name: (low, high)
     "steps": (1, 10**8),
@@ -141,6 +144,7 @@ DIFFUSION_ONLY = {
     "lora_rank": None, "lora_alpha": None, "lora_lr": 1e-4, "lora_targets": "to_q,to_k,to_v,to_out.0", "lora_dropout": 0.0,
     "token_steps": None, "loss": "mse", "dco_beta": 1000.0,
     "images": None, "resolution": None, "templates": "object", "flip_p": 0.5, "crop": "center", "validation_prompts": [],
+    "encoders": None, "guidance_scale": 3.5,
     "validation_steps": 100, "validation_images": 1, "validation_inference_steps": 25,
 }
 LM_ONLY = {"texts": None, "max_length": 64}

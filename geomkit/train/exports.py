@@ -13,6 +13,11 @@
       state = load_file("my-dog.safetensors")
       pipe.load_textual_inversion(state["clip_l"], token="<my-dog>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
       pipe.load_textual_inversion(state["clip_g"], token="<my-dog>", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
+
+- FLUX.1: `learned_embeds_flux.safetensors` = `{"clip_l": (n, 768), "t5": (n, 4096)}` (the trained
+  encoders only, under `--encoders`), loaded the same way into (text_encoder, tokenizer) and
+  (text_encoder_2, tokenizer_2); SD3.x: `learned_embeds_sd3.safetensors` = `{"clip_l", "clip_g", "t5"}`
+  (diffusers' SD3 pipeline has no `load_textual_inversion`: README shows the rows written by hand).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from geomkit.embeddings_io import save_learned, save_sdxl_pair, token_file_name
+from geomkit.embeddings_io import save_learned, save_parts, save_sdxl_pair, token_file_name
 
 EMBEDS = "learned_embeds.safetensors"
 EMBEDS_2 = "learned_embeds_2.safetensors"
@@ -40,9 +45,14 @@ def sdxl_name(placeholder: str, stem: str = "learned_embeds") -> str:
     return name
 
 
-def export(out_dir, placeholder: str, rows: list, stem: str = "learned_embeds") -> list[Path]:
-    """Write the learned rows (one (n, d) tensor per text encoder); the paths written."""
+def export(out_dir, placeholder: str, rows: list, stem: str = "learned_embeds", labels=None, kind=None) -> list[Path]:
+    """Write the learned rows (one (n, d) tensor per text encoder); the paths written. FLUX/SD3
+    runs (`kind`, with each row's encoder `labels`) write `{stem}_{kind}.safetensors` with keys
+    `clip_l`/`clip_g`/`t5`, and one diffusers file per encoder, `{stem}_{label}.safetensors`."""
     out = Path(out_dir)
+    if kind in ("flux", "sd3"):
+        written = [save_parts(out / f"{stem}_{kind}.safetensors", dict(zip(labels, rows)))]
+        return written + [save_learned(out / f"{stem}_{lab}.safetensors", placeholder, r) for lab, r in zip(labels, rows)]
     written = [save_learned(out / f"{stem}.safetensors", placeholder, rows[0])]
     if len(rows) == 2:
         written.append(save_learned(out / f"{stem}_2.safetensors", placeholder, rows[1]))

@@ -41,7 +41,7 @@ from geomkit.train.config import (
 STRICT_RESUME = (
     "method", "objective", "model", "placeholder", "init_word", "prior_word", "magnitude", "num_vectors",
     "texts", "images", "resolution", "templates", "max_length", "preset",
-    "lora_rank", "lora_alpha", "lora_targets", "loss", "dco_beta",
+    "lora_rank", "lora_alpha", "lora_targets", "loss", "dco_beta", "encoders",
 )
 LOG_FLUSH_S = 5.0
 
@@ -169,7 +169,7 @@ def _resume_check(cfg: TrainConfig, saved: dict, main: bool) -> None:
         raise GeomkitError(f"--resume: the checkpoint belongs to a different run ({shown})")
     soft = [k for k in ("lr", "scale_lr", "lr_schedule", "kappa", "batch_size", "seed", "mixed_precision",
                         "crossinit_weight", "crossinit_reduction", "weight_decay", "flip_p", "crop", "lora_lr",
-                        "lora_dropout", "token_steps") if str(saved.get(k)) != str(getattr(cfg, k))]
+                        "lora_dropout", "token_steps", "guidance_scale") if str(saved.get(k)) != str(getattr(cfg, k))]
     if soft:
         _say("resuming with changed settings (the result will differ from an uninterrupted run): "
              + ", ".join(f"{k} {saved.get(k)} -> {getattr(cfg, k)}" for k in soft), main)
@@ -720,11 +720,12 @@ def _train(cfg: TrainConfig, out: Path, sig: _Signals) -> dict:
         rows = [rescale(r, s.m_star) for r, s in zip(rows, slots)]
     files = []
     if dist.main:
-        files = export(out, cfg.placeholder, rows)
+        flow = dict(labels=getattr(obj, "encoder_labels", None), kind=getattr(obj, "flow", None))
+        files = export(out, cfg.placeholder, rows, **flow)
         if sess.lora is not None:
             files += sess.lora.export(out, type(obj.pipeline()), obj.denoiser_name)
         if unrescaled is not None:
-            files += export(out, cfg.placeholder, unrescaled, stem="learned_embeds_unrescaled")
+            files += export(out, cfg.placeholder, unrescaled, stem="learned_embeds_unrescaled", **flow)
         done_in_loop = cfg.validation_steps and final_step % cfg.validation_steps == 0 and start < cfg.steps
         if cfg.validation_prompts and not done_in_loop:
             with autocast(), sess.inference():

@@ -53,7 +53,7 @@ def private_encoder(enc):
 def add_placeholder(enc, placeholder: str, n_vectors: int) -> list[int]:
     """Add `placeholder` (and `placeholder_1..`) to the encoder's private tokenizer; their ids.
 
-    CLIP tokenizers get plain added tokens, exactly as diffusers' `load_textual_inversion` adds
+    CLIP and T5 tokenizers get plain added tokens, exactly as diffusers' `load_textual_inversion` adds
     them at inference. SentencePiece-style tokenizers (Gemma) get `lstrip=True`, so the space
     before the placeholder belongs to it, as the space before a word belongs to that word's
     token (`"The <tok> is"` -> `The`, `<tok>`, `▁is`, like `The`, `▁fox`, `▁is`).
@@ -75,8 +75,8 @@ def add_placeholder(enc, placeholder: str, n_vectors: int) -> list[int]:
             f"--placeholder {placeholder}: already a token of {enc.name} ({enc.token_str(pieces[0])!r}, id {pieces[0]}), "
             "so it already means something to the model; choose a new string, e.g. <my-concept>"
         )
-    if enc.family.name == "clip-text":
-        tok.add_tokens(names)
+    if enc.family.name in ("clip-text", "t5-encoder", "umt5-encoder"):
+        tok.add_tokens(names)  # as load_textual_inversion adds them (T5: FLUX's own TI loading)
     else:
         tok.add_tokens([AddedToken(n, lstrip=True, rstrip=False, normalized=False) for n in names])
     ids = tok.convert_tokens_to_ids(names)

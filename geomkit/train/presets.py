@@ -57,6 +57,9 @@ def preset_values(name: str, kind: str, method: str) -> dict:
     if kind == "lm":
         raise GeomkitError("--preset authors: the DTI authors' scripts train diffusion models only; "
                            "use --preset paper (or none) with the lm objective")
+    if kind not in _AUTHORS:
+        raise GeomkitError(f"--preset authors: the DTI authors' scripts have no {kind.upper()} settings "
+                           "(SDXL, SANA and Wan2.1 only); use --preset paper (or none) on this pipeline")
     values = dict(_AUTHORS_COMMON, **_AUTHORS[kind])
     values["lr"] = 0.01 if method in ("dti", "dti-adamw") else 5e-3
     return values

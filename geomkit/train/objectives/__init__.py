@@ -27,7 +27,7 @@ def detect(cfg) -> str:
 
 
 def pipeline_kind_of(cfg) -> str:
-    """"lm", or the pipeline kind ("sd", "sdxl", "sana") of the diffusion objective's --model."""
+    """"lm", or the pipeline kind ("sd", "sdxl", "sana", "flux", "sd3") of the diffusion objective's --model."""
     if cfg.objective == "lm":
         return "lm"
     from geomkit.generation import pipeline_dir

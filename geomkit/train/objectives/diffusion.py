@@ -46,8 +46,15 @@ def build(cfg, inputs: dict, device):
         raise GeomkitError(f"--objective diffusion needs a diffusers pipeline folder (with model_index.json); {cfg.model} is not one")
     pipeline_dir(str(folder))  # a component folder model_index.json lists but the copy lacks: say so
     kind = pipeline_kind(folder)
+    if getattr(cfg, "encoders", None) and kind not in ("flux", "sd3"):
+        raise GeomkitError(f"--encoders {cfg.encoders}: only FLUX.1 and SD3.x pipelines train a subset of their text "
+                           f"encoders; this is a {kind.upper()} pipeline")
     if kind == "sana":
         return SanaObjective(cfg, inputs, device, folder)
+    if kind in ("flux", "sd3"):
+        from geomkit.train.objectives.flow import FlowObjective
+
+        return FlowObjective(cfg, inputs, device, folder, kind)
     return DiffusionObjective(cfg, inputs, device, folder, sdxl=kind == "sdxl")
 
 
