@@ -496,6 +496,8 @@ def test_convert_to_sd3_orders_parts_by_dimension(tmp_path, capsys):
     assert all(torch.equal(back[k], rows[d]) for k, d in (("clip_l", 32), ("clip_g", 48), ("t5", 96)))
     code, _, err = run_cli(capsys, "convert", tmp_path / "sd3.safetensors", "--to", "diffusers", "--out", tmp_path / "x.safetensors")
     assert_one_line_error(code, err, "--encoder")
+    code, _, err = run_cli(capsys, "convert", *files, "--to", "sd3", "--encoder", "1", "--out", tmp_path / "w.safetensors")
+    assert_one_line_error(code, err, "drop --encoder")
     code, _, err = run_cli(capsys, "convert", *files[:2], "--to", "sd3", "--out", tmp_path / "y.safetensors")
     assert_one_line_error(code, err, "one file per text encoder")
     save_file({"clip_l": rows[32], "t5": rows[96][:1]}, str(tmp_path / "uneven.safetensors"))

@@ -71,11 +71,12 @@ def run(args) -> int:
         raise GeomkitError(f"--token {args.token} with --to a1111: A1111 and ComfyUI take the prompt word from the file name, "
                            f"not from the file; drop --token and name the file after the token (e.g. --out {out.parent / (args.token.strip('<>') or 'token')}.safetensors)")
     files = [read_embedding(p) for p in ins]
-    if args.encoder is not None and not any(f.is_pair for f in files):
-        raise GeomkitError(f"--encoder {args.encoder}: picks the part of an SDXL clip_l/clip_g file, and "
+    if args.encoder is not None and not any(f.is_pair or len(f.parts) > 1 for f in files):
+        raise GeomkitError(f"--encoder {args.encoder}: picks the part of an SDXL, FLUX or SD3 file, and "
                            f"{', '.join(Path(f.path).name for f in files)} hold{'s' if len(files) == 1 else ''} one part; drop --encoder")
-    if args.encoder is not None and args.to == "sdxl":
-        raise GeomkitError(f"--encoder {args.encoder} with --to sdxl: the SDXL file holds both parts; drop --encoder")
+    if args.encoder is not None and args.to in ("sdxl", "flux", "sd3"):
+        raise GeomkitError(f"--encoder {args.encoder} with --to {args.to}: the {args.to.upper()} file holds every part; "
+                           "drop --encoder")
     tensors = convert_tensors(files, args.to, token=args.token, encoder=args.encoder)
     name = args.token or files[0].name
     back = write_converted(out, tensors, token=name if args.to == "sdxl" else None)
