@@ -125,6 +125,21 @@ def _training_latents(obj, kind: str, scaling: float, shift: float = 0.0) -> Tra
                            kind=kind, scaling=scaling, shift=shift)
 
 
+def flow_matching_batch(obj, step: int, rank: int, world: int):
+    """(template rows, batch) of one flow-matching step, as diffusers' SANA/FLUX/SD3 scripts with a
+    uniform timestep density ("none" weighting): x_t = (1 - sigma) x_0 + sigma noise at the sigma
+    of a uniformly drawn training timestep, target noise - x_0."""
+    b = obj.cfg.batch_size
+    gen, which, x0, _crops = _draw_common(obj, step, rank, world)
+    x0 = x0.to(obj.device)
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    indices = (torch.rand(b, generator=gen) * obj.noise_scheduler.config.num_train_timesteps).long()
+    timesteps = obj.noise_scheduler.timesteps[indices].to(x0.device)
+    sigmas = obj.noise_scheduler.sigmas[indices].to(x0.device, torch.float32).view(b, 1, 1, 1)
+    noisy = (1.0 - sigmas) * x0 + sigmas * noise
+    return which, {"noisy": noisy, "t": timesteps, "target": noise - x0}
+
+
 def _draw_common(obj, step: int, rank: int, world: int):
     """Examples, flips, templates and latents of one step (the part every objective shares)."""
     cfg = obj.cfg
@@ -360,16 +375,9 @@ class SanaObjective:
 
     def draw(self, step: int, rank: int = 0, world: int = 1) -> dict:
         """The step's whole batch (a pure function of seed, step and rank)."""
-        b = self.cfg.batch_size
-        gen, which, x0, _crops = _draw_common(self, step, rank, world)
-        x0 = x0.to(self.device)
-        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-        # uniform timestep density ("none" weighting of diffusers' SANA script), sigma of that timestep
-        indices = (torch.rand(b, generator=gen) * self.noise_scheduler.config.num_train_timesteps).long()
-        timesteps = self.noise_scheduler.timesteps[indices].to(x0.device)
-        sigmas = self.noise_scheduler.sigmas[indices].to(x0.device, torch.float32).view(b, 1, 1, 1)
-        noisy = (1.0 - sigmas) * x0 + sigmas * noise
-        return {"noisy": noisy, "t": timesteps, "target": noise - x0, "prompts": [self.prompts[i] for i in which.tolist()]}
+        which, batch = flow_matching_batch(self, step, rank, world)
+        batch["prompts"] = [self.prompts[i] for i in which.tolist()]
+        return batch
 
     def micro_batches(self, step: int, rank: int, world: int, size: int) -> list:
         return split_batch(self.draw(step, rank, world), size)

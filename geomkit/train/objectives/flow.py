@@ -33,7 +33,7 @@ from geomkit.errors import GeomkitError
 from geomkit.hooks import inject
 from geomkit.train.data import expand_placeholder
 from geomkit.train.objectives.diffusion import (
-    _draw_common,
+    flow_matching_batch,
     _frozen,
     _training_latents,
     _validation_folder,
@@ -115,15 +115,9 @@ class FlowObjective:
     # ---- the loss -------------------------------------------------------------------------------
     def draw(self, step: int, rank: int = 0, world: int = 1) -> dict:
         """The step's whole batch (a pure function of seed, step and rank)."""
-        b = self.cfg.batch_size
-        gen, which, x0, _crops = _draw_common(self, step, rank, world)
-        x0 = x0.to(self.device)
-        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-        indices = (torch.rand(b, generator=gen) * self.noise_scheduler.config.num_train_timesteps).long()
-        timesteps = self.noise_scheduler.timesteps[indices].to(x0.device)
-        sigmas = self.noise_scheduler.sigmas[indices].to(x0.device, torch.float32).view(b, 1, 1, 1)
-        noisy = (1.0 - sigmas) * x0 + sigmas * noise
-        return {"noisy": noisy, "t": timesteps, "target": noise - x0, "which": which}
+        which, batch = flow_matching_batch(self, step, rank, world)
+        batch["which"] = which
+        return batch
 
     def micro_batches(self, step: int, rank: int, world: int, size: int) -> list:
         return split_batch(self.draw(step, rank, world), size)
