@@ -211,6 +211,40 @@ def loop_ratio(config, steps, sync) -> dict:
 # SDXL-sized floor (see the README): the estimate is a few per cent low.
 
 
+def _add_lora(denoiser, rank: int) -> int:
+    """The adapter as train --lora-rank adds it (meta device); the bytes of its float32 weights,
+    their gradients and AdamW's two moments (0 without a LoRA)."""
+    if not rank:
+        return 0
+    import torch
+    from peft import LoraConfig
+
+    with torch.device("meta"):
+        denoiser.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                        init_lora_weights="gaussian"))
+    params = [p for n, p in denoiser.named_parameters() if "lora_" in n]
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    return 3 * sum(p.numel() * 4 for p in params)
+
+
+def _accounting(models: list, extra: int = 0):
+    """(weight bytes + `extra`, {storage: bytes} kept for backward, the saved-tensors pack hook that
+    fills it): every tensor autograd keeps, counted once, the frozen weights excepted."""
+    weights = sum(p.numel() * p.element_size() for m in models for p in m.parameters()) + extra
+    frozen = {p.untyped_storage()._cdata for m in models for p in m.parameters()}
+    saved = {}
+
+    def pack(t):
+        key = t.untyped_storage()._cdata
+        if key not in frozen and key not in saved:
+            saved[key] = t.untyped_storage().nbytes()
+        return t
+
+    return weights, saved, pack
+
+
 def _estimate(size: str, batch: int, res: int, micro=None, ckpt=False, lean=True, precision="bf16", lora=0) -> dict:
     import logging
 
@@ -262,30 +296,10 @@ def _estimate(size: str, batch: int, res: int, micro=None, ckpt=False, lean=True
             c.intermediate_size, c.hidden_act = e["intermediate_size"], e["hidden_act"]
             m = (CLIPTextModelWithProjection if k == 1 else CLIPTextModel)(c).eval().requires_grad_(False)
             encs.append(m.to(half) if lean else m)
-    lora_state = 0
-    if lora:  # the adapter as train --lora-rank adds it: float32 weights, their gradients and AdamW's two moments
-        from peft import LoraConfig
-
-        with torch.device("meta"):
-            unet.add_adapter(LoraConfig(r=lora, lora_alpha=lora, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                                        init_lora_weights="gaussian"))
-        lora_params = [p for n, p in unet.named_parameters() if "lora_" in n]
-        for p in lora_params:
-            p.data = p.data.float()
-            p.requires_grad_(True)
-        lora_state = 3 * sum(p.numel() * 4 for p in lora_params)
+    lora_state = _add_lora(unet, lora)
     if ckpt:
         unet.enable_gradient_checkpointing()
-    models = [unet, *encs]
-    weights = sum(p.numel() * p.element_size() for m in models for p in m.parameters()) + lora_state
-    frozen = {p.untyped_storage()._cdata for m in models for p in m.parameters()}
-    saved = {}
-
-    def pack(t):
-        key = t.untyped_storage()._cdata
-        if key not in frozen and key not in saved:
-            saved[key] = t.untyped_storage().nbytes()
-        return t
+    weights, saved, pack = _accounting([unet, *encs], lora_state)
 
     n, lat = micro or batch, res // 8
     with torch.device("meta"):
@@ -379,30 +393,10 @@ def _estimate_flow(size: str, batch: int, res: int, micro=None, ckpt=False, prec
             encs[name] = cls(c).to(half).eval().requires_grad_(False)
         t5c = T5Config(**_T5_XXL, feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
         encs["t5"] = T5EncoderModel(t5c).to(half).eval().requires_grad_(False)
-    lora_state = 0
-    if lora:
-        from peft import LoraConfig
-
-        with torch.device("meta"):
-            model.add_adapter(LoraConfig(r=lora, lora_alpha=lora, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                                         init_lora_weights="gaussian"))
-        lora_params = [p for n, p in model.named_parameters() if "lora_" in n]
-        for p in lora_params:
-            p.data = p.data.float()
-            p.requires_grad_(True)
-        lora_state = 3 * sum(p.numel() * 4 for p in lora_params)
+    lora_state = _add_lora(model, lora)
     if ckpt:
         model.enable_gradient_checkpointing()
-    models = [model, *encs.values()]
-    weights = sum(p.numel() * p.element_size() for m in models for p in m.parameters()) + lora_state
-    frozen = {p.untyped_storage()._cdata for m in models for p in m.parameters()}
-    saved = {}
-
-    def pack(t):
-        key = t.untyped_storage()._cdata
-        if key not in frozen and key not in saved:
-            saved[key] = t.untyped_storage().nbytes()
-        return t
+    weights, saved, pack = _accounting([model, *encs.values()], lora_state)
 
     n, lat = micro or batch, res // 8
     with torch.device("meta"):
