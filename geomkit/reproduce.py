@@ -30,6 +30,18 @@ class Step:
     figure: Optional[str] = None  # PNG inside the step folder to copy into figures/
 
 
+
+def shared_fractions(nb: dict, words) -> list:
+    """Per query word of a neighbors results.json: the share of its cosine neighbours that are also
+    its Euclidean ones (Table 1's contrast)."""
+    out = []
+    for q in words:
+        e = nb["queries"].get(q)
+        if e:
+            c = {x["token"] for x in e["cosine"]}
+            out.append(len(c & {x["token"] for x in e["euclidean"]}) / len(c))
+    return out
+
 def _sizes(quick: bool) -> dict:
     if quick:
         return dict(max_prompts="40", epochs="15", scales="0.5,1,4,16", words="apple,dog", templates="8",
@@ -227,12 +239,7 @@ def claims(root: Path) -> list[dict]:
         nb, nm = _load(root, model, "neighbors"), _load(root, model, "norms")
         if not nb:
             continue
-        shared = []
-        for q in WORDS:
-            e = nb["queries"].get(q)
-            if e:
-                c = {x["token"] for x in e["cosine"]}
-                shared.append(len(c & {x["token"] for x in e["euclidean"]}) / len(c))
+        shared = shared_fractions(nb, WORDS)
         cv = nm["std"] / nm["mean"] if nm else None
         if not shared:
             continue

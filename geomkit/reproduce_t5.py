@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from geomkit.reproduce import Step, _fmt, _load, command_line
+from geomkit.reproduce import Step, _fmt, _load, command_line, shared_fractions
 
 T5_RANDOM = "tiny-random-t5"
 MODEL_LABEL = "T5 of a tiny random FLUX.1 (random weights)"
@@ -71,12 +71,7 @@ def claims(root: Path) -> list[dict]:
 
     nb, nm = _load(root, T5_RANDOM, "neighbors"), _load(root, T5_RANDOM, "norms")
     if nb:
-        shared = []
-        for q in WORDS:
-            e = nb["queries"].get(q)
-            if e:
-                c = {x["token"] for x in e["cosine"]}
-                shared.append(len(c & {x["token"] for x in e["euclidean"]}) / len(c))
+        shared = shared_fractions(nb, WORDS)
         cv = nm["std"] / nm["mean"] if nm else None
         row("Table 1/5: Euclidean vs cosine neighbours", "apple: 0/5 shared (CLIP-L)",
             f"top-10 shared {sum(shared) / len(shared):.0%} (mean of {', '.join(WORDS)}); norm std/mean {_fmt(cv, '.3f')}",
