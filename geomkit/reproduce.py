@@ -28,7 +28,34 @@ class Step:
     model: str
     argv: list
     figure: Optional[str] = None  # PNG inside the step folder to copy into figures/
+    prepare: Optional[Callable[[Path], None]] = None  # writes the step's input files into its folder first
 
+
+def scaled_word_file(model: str, word: str, m: float, name: str) -> Callable[[Path], None]:
+    """A `prepare` that writes `word`'s own embedding times `m` as a one-token file `name` in the
+    step's folder: a synthetic inflated token on a real model (not a trained one; the report says so)."""
+    def write(out: Path) -> None:
+        from geomkit.embeddings_io import save_learned
+        from geomkit.models import load_encoder
+
+        enc = load_encoder(model)
+        vec = enc.embedding_table()[enc.token_id(word)].float() * m
+        save_learned(out / "input" / f"{name}.safetensors", f"<{name}>", vec[None])
+    return write
+
+
+def inspect_steps(root: Path, quick: bool) -> list[Step]:
+    """The outputs behind the README's `inspect` examples: the Gemma TI/DTI tokens, and MiniLM's own
+    `river` row scaled 8x with its rescaled copy."""
+    gem = root / "gemma3-270m"
+    files = [str(gem / n / "learned_embeds.safetensors") for n in ("train-ti", "train-dti")]
+    steps = [Step("inspect", "gemma3-270m", ["inspect", *files, "--model", "gemma3-270m", "--fix", "rescale"],
+                  figure="inspect.png")]
+    river = root / "minilm-l6" / "inspect-river-x8" / "input" / "river-x8.safetensors"
+    steps.append(Step("inspect-river-x8", "minilm-l6", ["inspect", str(river), "--model", "minilm-l6", "--fix", "rescale"]
+                      + (["--max-prompts", "150", "--max-templates", "8"] if quick else []),
+                      prepare=scaled_word_file("minilm-l6", "river", 8.0, "river-x8")))
+    return steps
 
 
 def shared_fractions(nb: dict, words) -> list:
@@ -132,7 +159,15 @@ def plan(root: Path, quick: bool) -> list[Step]:
         steps.append(Step("attenuation", model, att, figure="attenuation.png"))
     for mode in ("slerp", "lerp"):
         steps.append(Step(f"interpolate-{mode}", "gemma3-270m", ["interpolate", ti_file, dti_file, "--mode", mode]))
-    return steps + trained_token_steps(root, quick)
+    return steps + trained_token_steps(root, quick) + seed_steps(root, quick) + inspect_steps(root, quick)
+
+
+def seed_steps(root: Path, quick: bool) -> list[Step]:
+    """The seeds/concepts/controls experiment (issue 18): its trainings, then one measurement
+    call per model over all of them (see `geomkit.reproduce_seeds`)."""
+    from geomkit import reproduce_seeds as rs
+
+    return rs.training_steps(root, quick, Step) + rs.measure_steps(root, quick, Step)
 
 
 STOPPED_CODES = (130, 143)  # a step stopped by Ctrl-C / SIGTERM, as the shell reports them
@@ -174,6 +209,8 @@ def run_steps(steps: list[Step], root: Path, figures: Path, force: bool = False,
                 shutil.rmtree(out)  # --force, or a damaged results.json: the step starts afresh
             log(f"{label} ...")
             t = time.perf_counter()
+            if step.prepare is not None:
+                step.prepare(out)
             code = runner([*step.argv, "--out", str(out)])
             secs = time.perf_counter() - t
             if code in STOPPED_CODES:  # SIGTERM / Ctrl-C inside the step (train checkpoints and exits 143 / 130)
@@ -207,271 +244,50 @@ def command_line(step: Step) -> str:
     return "geomkit " + " ".join(a if " " not in a else repr(a) for a in step.argv)
 
 
-# ---- the claim-by-claim report ----------------------------------------------------------------
-def _load(root: Path, model: str, step: str) -> Optional[dict]:
-    return _read(root / model / step / "results.json")
-
-
-def _fmt(x, spec=".3g") -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
-def _learned_label(name: str, method: str) -> bool:
-    return f"train-{method})" in name or name.endswith(f"train-{method}")
-
-
-def _pick(mapping: dict, method: str):
-    for k, v in (mapping or {}).items():
-        if _learned_label(k, method):
-            return v
-    return None
-
-
-def claims(root: Path) -> list[dict]:
-    """One row per (claim, model): the paper's number, geomkit's, and whether they agree."""
-    rows = []
-
-    def row(claim, paper, model, ours, verdict, step):
-        rows.append({"claim": claim, "paper": paper, "model": model, "geomkit": ours, "agrees": verdict, "step": step})
-
-    # Table 1 / 5: direction carries meaning; Euclidean neighbours differ from cosine ones
-    for model in MODELS:
-        nb, nm = _load(root, model, "neighbors"), _load(root, model, "norms")
-        if not nb:
-            continue
-        shared = shared_fractions(nb, WORDS)
-        cv = nm["std"] / nm["mean"] if nm else None
-        if not shared:
-            continue
-        frac = sum(shared) / len(shared)
-        first = nb["queries"].get(WORDS[0], {}).get("cosine", [])
-        apple = ", ".join(x["token"] for x in first[:4])
-        if frac < 0.5:
-            verdict = "yes"
-        elif frac < 1:
-            verdict = f"partly: the rankings overlap (norm std/mean {_fmt(cv, '.3f')})"
-        else:
-            verdict = f"no: norms nearly uniform (std/mean {_fmt(cv, '.4f')}), so the rankings coincide"
-        row("Table 1/5: Euclidean neighbours are unrelated, cosine ones semantic", "apple: 0/5 shared (CLIP-L)", model,
-            f"top-10 shared {frac:.0%} (mean of {', '.join(WORDS)}); cosine of apple: {apple}", verdict, "neighbors")
-    # Fig. 1a: TI inflates the norm
-    nm = _load(root, "gemma3-270m", "norms")
-    if nm and nm.get("embeddings"):
-        ti, dti = _pick(nm["embeddings"], "ti"), _pick(nm["embeddings"], "dti")
-        if ti and dti:
-            ratio = ti["ratio_to_mean"]
-            verdict = "yes" if ratio > 3 else ("partly: grows, far less than in CLIP" if ratio > 1.2 else "no")
-            row("Fig. 1a: TI norms far exceed the vocabulary's", "> 20 vs mean 0.4 (about 50x)", "gemma3-270m",
-                f"TI {ti['norm']:.3f} ({ratio:.2f}x mean {nm['mean']:.3f}); DTI {dti['norm']:.3f} ({dti['ratio_to_mean']:.2f}x)",
-                verdict, "norms")
-    # Fig. 1b: semantic drift
-    ti_r, dti_r = _load(root, "gemma3-270m", "train-ti"), _load(root, "gemma3-270m", "train-dti")
-    if ti_r and dti_r:
-        def mean_drift(r):
-            d = r.get("drift") or {}
-            return sum(d.values()) / len(d) if d else None
-        a, b = mean_drift(ti_r), mean_drift(dti_r)
-        verdict = "yes" if (a is not None and b is not None and b > a) else "no"
-        row("Fig. 1b: TI drifts away from related words; DTI keeps its direction", "TI cat moves away from cat/kitten",
-            "gemma3-270m", f"mean cosine to related words: TI {_fmt(a, '.3f')}, DTI {_fmt(b, '.3f')}; angle from init: "
-            f"TI {_fmt(ti_r.get('angle_from_init_deg'), '.1f')} deg, DTI {_fmt(dti_r.get('angle_from_init_deg'), '.1f')} deg",
-            verdict, "train-ti, train-dti")
-        row("LM objective: final loss (glimmerfox corpus)", "n/a (diffusion in the paper)", "gemma3-270m",
-            f"TI {_fmt(ti_r.get('final_loss'), '.3f')}, DTI {_fmt(dti_r.get('final_loss'), '.3f')} after {ti_r.get('steps')} steps",
-            "n/a", "train-ti, train-dti")
-    # Fig. 2: position probe
-    for model in MODELS:
-        pp = _load(root, model, "probe-position")
-        if not pp:
-            continue
-        base = pp["baseline_accuracy"]
-        acc = dict(zip(pp["scales"], pp["accuracy"]))
-        top = max(acc)
-        site = pp["site"]
-        row("Fig. 2: the probe recovers position on normal inputs", "100%", model,
-            f"{base:.1%} at {site} (chance {pp['chance']:.1%}, {pp['n_positions']} positions)",
-            "yes" if base >= 0.95 else ("partly" if base >= 0.5 else "no"), "probe-position")
-        collapse = acc[top] < 0.5 * base
-        row("Fig. 2: accuracy collapses once one token's norm is scaled up", "falls towards 0% by m = 16", model,
-            ", ".join(f"m={m:g}: {a:.0%}" for m, a in acc.items()), "yes" if collapse else "no", "probe-position")
-        ti, dti = _pick(pp.get("embeddings"), "ti"), _pick(pp.get("embeddings"), "dti")
-        if ti is not None and dti is not None:
-            verdict = "yes" if dti > ti + 0.05 else "no"
-            row("Fig. 2: TI tokens lose position, DTI tokens keep it", "TI near 0%, DTI recoverable", model,
-                f"TI {ti:.1%}, DTI {dti:.1%} (site {site})", verdict, "probe-position")
-    # Effect II: residual angles
-    for model in MODELS:
-        ra = _load(root, model, "residual-angles")
-        if not ra:
-            continue
-        vocab = [g for g in ra["by_scale"] if g["concept"] == "<vocabulary>"]
-        if vocab:
-            first, last = vocab[0], vocab[-1]
-            shrinks = last["mean_angle_deg"] < first["mean_angle_deg"]
-            verdict = "yes" if shrinks else "no"
-            if not ra.get("prenorm", True):
-                verdict += " (post-norm: the embedding LayerNorm caps the norm entering block 0, so scaling cannot inflate it)"
-            row("Effect II: per-block angle shrinks as the norm grows", "angle ~ 1/||x||", model,
-                ", ".join(f"m={g['scale']:g}: {g['mean_angle_deg']:.2f} deg" for g in vocab), verdict, "residual-angles")
-            viol = sum(g["violations_vocab"] for g in vocab)
-            n = sum(g["n_measurements"] for g in vocab)
-            vac = sum(g["nonvacuous_fraction"] for g in vocab) / len(vocab)
-            pre = ra.get("prenorm", True)
-            analytic = [g.get("violations_analytic") for g in vocab]
-            true_sup = None if any(a is None for a in analytic) else sum(analytic)
-            text = (f"bound from the weights (a true sup of the update): {true_sup} of {n} angles exceed it; "
-                    if true_sup is not None else "")
-            text += (f"with B_l estimated on vocabulary-scale tokens: {viol} exceed it; bound below 180 deg for {vac:.0%} "
-                     "of measurements (else vacuous)")
-            if not pre:
-                text += "; post-norm model: the lemma's premise does not hold"
-            ok = (true_sup == 0) if true_sup is not None else (viol == 0)
-            verdict = "n/a (post-norm)" if not pre else ("yes, but the bound is mostly uninformative" if ok and vac < 0.5 else ("yes" if ok else "no"))
-            row("Lemma 2: per-block angle <= arcsin(B_l / ||x_l||)", "holds for pre-norm blocks", model, text, verdict,
-                "residual-angles")
-        ti = next((r for r in ra["rows"] if r["scale"] is None and _learned_label(r["concept"], "ti")), None)
-        dti = next((r for r in ra["rows"] if r["scale"] is None and _learned_label(r["concept"], "dti")), None)
-        if ti and dti:
-            ratio = dti["mean_angle_deg"] / ti["mean_angle_deg"] if ti["mean_angle_deg"] else None
-            row("Effect II: DTI tokens turn more per block than TI tokens", "TI 21.33 deg, DTI 33.52 deg (1.57x)", model,
-                f"TI {ti['mean_angle_deg']:.2f} deg, DTI {dti['mean_angle_deg']:.2f} deg ({_fmt(ratio, '.2f')}x)",
-                "yes" if ratio and ratio > 1.05 else "no", "residual-angles")
-    trained_token_claims(root, row)
-    # Lemma 1
-    for model in MODELS:
-        at = _load(root, model, "attenuation")
-        if not at:
-            continue
-        if not at.get("applicable", True):
-            row("Lemma 1: ||Norm(mv + p) - Norm(mv)|| ~ 1/m", "log-log slope -1", model, f"not applicable: {at['reason']}",
-                "n/a", "attenuation")
-            continue
-        s = at["loglog_slope"]
-        row("Lemma 1: ||Norm(mv + p) - Norm(mv)|| ~ 1/m", "log-log slope -1", model,
-            f"slope {s:.3f} over m in {at['fit_scales'][0]:g}..{at['fit_scales'][-1]:g}", "yes" if abs(s + 1) < 0.1 else "no",
-            "attenuation")
-    # Section 4.5: interpolation
-    sl, le = _load(root, "gemma3-270m", "interpolate-slerp"), _load(root, "gemma3-270m", "interpolate-lerp")
-    if sl and le:
-        def mid(r):
-            i = min(range(len(r["ratios"])), key=lambda j: abs(r["ratios"][j] - 0.5))
-            n = r["norms"][i]
-            return n[0] if isinstance(n, list) else n
-        first = lambda n: n[0] if isinstance(n, list) else n  # noqa: E731
-        a, b = first(sl["norms"][0]), first(sl["norms"][-1])
-        ok = abs(mid(sl) - (a + b) / 2) < 1e-3 * (a + b) and mid(le) < mid(sl)
-        row("Sec. 4.5: slerp keeps interpolants at the inputs' norm, lerp shrinks them", "qualitative (Fig. 4)", "gemma3-270m",
-            f"TI token (norm {a:.3f}) to DTI token ({b:.3f}), ratio 0.5: slerp {mid(sl):.3f} (the mean of the ends), lerp {mid(le):.3f}",
-            "yes" if ok else "no", "interpolate-slerp")
-    return rows
-
+# ---- the claim-by-claim report (geomkit.findings) -----------------------------------------------
+from geomkit.findings import _fmt, _load  # noqa: E402,F401 (reproduce_t5 and the notebooks read them from here)
 
 TRAINED = (("ti", "train-ti"), ("dti", "train-dti"), ("ti-highlr", "train-ti-highlr"))
 
 
-def _trained_pick(mapping, step: str):
-    """The value for the token trained by `step` in a {label: value} mapping (labels end "(step)")."""
-    for k, v in (mapping or {}).items():
-        if k.endswith(f"({step})") or k.endswith(step):
-            return v
-    return None
-
-
-def trained_token_claims(root: Path, row) -> None:
-    """Rows for tokens trained on Whisper (and Gemma's high-norm TI) by the trained-* steps (issue 10)."""
-    for model in ("whisper-tiny-en", "gemma3-270m"):
-        runs = {k: _load(root, model, step) for k, step in TRAINED}
-        if not runs["ti-highlr"]:
-            continue
-        m_star = runs["dti"]["m_star"][0] if runs["dti"] else runs["ti-highlr"]["m_star"][0]
-        norm = {k: (r["final_norm"][0] if r else None) for k, r in runs.items()}
-        x = {k: (n / m_star if n is not None else None) for k, n in norm.items()}
-        nsteps = {k: (r["steps"] if r else None) for k, r in runs.items()}
-        lr = {k: (r["lr"] if r else None) for k, r in runs.items()}
-        tag = "" if model == "whisper-tiny-en" else " (with a high-norm TI token)"
-        if model == "whisper-tiny-en" and runs["ti"] and runs["dti"]:
-            ratio = x["ti"]
-            verdict = "yes" if ratio > 3 else ("partly: grows, far less than in CLIP" if ratio > 1.2 else "no")
-            row("Fig. 1a: TI norms far exceed the vocabulary's", "> 20 vs mean 0.4 (about 50x)", model,
-                f"after {nsteps['ti']} steps at lr {lr['ti']:g}: TI {norm['ti']:.3f} ({x['ti']:.2f}x m* {m_star:.3f}), "
-                f"DTI {norm['dti']:.3f} ({x['dti']:.2f}x); TI at lr {lr['ti-highlr']:g}: {norm['ti-highlr']:.3f} "
-                f"({x['ti-highlr']:.1f}x)", verdict, "train-ti, train-dti, train-ti-highlr")
-
-            def mean_drift(r):
-                d = r.get("drift") or {}
-                return sum(d.values()) / len(d) if d else None
-            a, b, c = mean_drift(runs["ti"]), mean_drift(runs["dti"]), mean_drift(runs["ti-highlr"])
-            row("Fig. 1b: TI drifts away from related words; DTI keeps its direction", "TI cat moves away from cat/kitten",
-                model, f"mean cosine to related words: TI {_fmt(a, '.3f')}, DTI {_fmt(b, '.3f')}, high-lr TI {_fmt(c, '.3f')}; "
-                f"angle from init: TI {runs['ti']['angle_from_init_deg']:.1f} deg, DTI {runs['dti']['angle_from_init_deg']:.1f} deg, "
-                f"high-lr TI {runs['ti-highlr']['angle_from_init_deg']:.1f} deg",
-                "yes" if (a is not None and b is not None and b > a) else "no", "train-ti, train-dti, train-ti-highlr")
-            row("LM objective: final loss (glimmerfox corpus)", "n/a (diffusion in the paper)", model,
-                f"mean of the last 10 steps: TI {runs['ti']['final_loss_mean10']:.3f}, DTI {runs['dti']['final_loss_mean10']:.3f}, "
-                f"high-lr TI {runs['ti-highlr']['final_loss_mean10']:.3f} after {nsteps['ti']} steps (first 10: "
-                f"{runs['ti']['first_loss_mean10']:.3f})", "n/a", "train-ti, train-dti, train-ti-highlr")
-        ra = _load(root, model, "trained-angles")
-        if ra:
-            ang = {k: next((r["mean_angle_deg"] for r in ra["rows"] if r["scale"] is None and
-                            r["concept"].endswith(f"({step})")), None) for k, step in TRAINED}
-            vocab = {g["scale"]: g["mean_angle_deg"] for g in ra["by_scale"] if g["concept"] == "<vocabulary>"}
-            words = ", ".join(f"m={m:g}: {a:.2f}" for m, a in vocab.items())
-            if ang["dti"] and ang["ti"] and ang["ti-highlr"]:
-                r1, r2 = ang["dti"] / ang["ti"], ang["dti"] / ang["ti-highlr"]
-                verdict = ("yes" if r1 > 1.05 else
-                           (f"partly: only the high-norm TI token ({x['ti-highlr']:.1f}x m*) turns less" if r2 > 1.05 else "no"))
-                if model == "gemma3-270m" and r2 <= 1.05:
-                    verdict += " (Gemma: the angle does not fall as the norm grows, see the scaled-word rows)"
-                row("Effect II: DTI tokens turn more per block than TI tokens" + tag, "TI 21.33 deg, DTI 33.52 deg (1.57x)", model,
-                    f"mean per-block angle: DTI {ang['dti']:.2f} deg (norm {x['dti']:.2f}x m*), TI {ang['ti']:.2f} deg "
-                    f"({x['ti']:.2f}x m*; DTI/TI {r1:.2f}x), high-lr TI {ang['ti-highlr']:.2f} deg ({x['ti-highlr']:.1f}x m*; "
-                    f"DTI/TI {r2:.2f}x); vocabulary words scaled by m: {words} deg", verdict, "trained-angles")
-        pp = _load(root, model, "trained-probe")
-        if pp and pp.get("embeddings"):
-            acc = {k: _trained_pick(pp["embeddings"], step) for k, step in TRAINED}
-            if None not in acc.values():
-                verdict = ("yes" if acc["dti"] > acc["ti"] + 0.05 else
-                           ("partly: only the high-norm TI token loses position" if acc["dti"] > acc["ti-highlr"] + 0.05 else "no"))
-                row("Fig. 2: TI tokens lose position, DTI tokens keep it" + tag, "TI near 0%, DTI recoverable", model,
-                    f"probe accuracy at the token's position: DTI {acc['dti']:.1%}, TI {acc['ti']:.1%} ({x['ti']:.2f}x m*), "
-                    f"high-lr TI {acc['ti-highlr']:.1%} ({x['ti-highlr']:.1f}x m*); words {pp['baseline_accuracy']:.1%}, "
-                    f"chance {pp['chance']:.1%} (site {pp['site']})", verdict, "trained-probe")
-        nb = _load(root, model, "trained-neighbors")
-        if nb:
-            parts = []
-            for k, step in TRAINED:
-                q = _trained_pick(nb["queries"], step)
-                if q:
-                    parts.append(f"{k}: " + ", ".join(e["token"].strip() for e in q["cosine"][:4]))
-            row("Trained tokens: nearest vocabulary tokens by cosine", "n/a", model, "; ".join(parts), "n/a", "trained-neighbors")
-
-
 def trained_norms_figure(root: Path, model: str):
-    """Norm / m* against step for the trained-token runs of a model, or None when none ran."""
+    """Norm / m* against step: the seed runs' TI tokens (thin lines, one legend entry), their DTI
+    tokens, and the single high-lr TI; None when none ran. The legend sits outside the axes so no
+    curve hides under it."""
+    from geomkit import reproduce_seeds as rs
     from geomkit.report import figure
 
-    logs = {}
-    for label, step in TRAINED:
-        f = root / model / step / "train_log.jsonl"
-        r = _load(root, model, step)
-        if f.exists() and r:
-            rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-            logs[label] = ([x["step"] for x in rows], [x["norm"] / r["m_star"][0] for x in rows], r["lr"])
-    if not logs:
+    def log(step):
+        f, r = root / model / step / "train_log.jsonl", _load(root, model, step)
+        if not (f.exists() and r):
+            return None
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        return [x["step"] for x in rows], [x["norm"] / r["m_star"][0] for x in rows], r
+
+    series = []  # (label, color, style, [(steps, norms)], lr, batch)
+    for key, color, name in (("ti", "C1", "TI"), ("dti", "C0", "DTI")):
+        curves = [log(rs.run_name(c, s, t)) for c, s, t in rs.runs(model, quick=False) + rs.runs(model, quick=True) if t == key]
+        curves = [c for c in curves if c]
+        if curves:
+            series.append((f"{name}, {len(curves)} runs (concepts x seeds)", color, "-", curves))
+    for key, step, color, name in (("ti", "train-ti", "C1", "TI, seed 42"), ("ti-highlr", "train-ti-highlr", "C3", "TI, high lr, seed 42")):
+        c = log(step)
+        if c and (key == "ti-highlr" or not series):
+            series.append((name, color, "--", [c]))
+    if not series:
         return None
-    fig, ax = figure(6.4, 4.0)
-    styles = {"ti": ("C1", "-"), "dti": ("C0", "-"), "ti-highlr": ("C3", "--")}
-    names = {"ti": "TI", "dti": "DTI", "ti-highlr": "TI, high lr"}
-    for label, (steps, norms, lr) in logs.items():
-        c, ls = styles[label]
-        ax.plot(steps, norms, color=c, linestyle=ls, label=f"{names[label]} (lr {lr:g})")
+    fig, ax = figure(7.6, 4.0)
+    for label, color, style, curves in series:
+        for i, (steps, norms, r) in enumerate(curves):
+            ax.plot(steps, norms, color=color, linestyle=style, linewidth=0.9 if len(curves) > 1 else 1.4, alpha=0.8,
+                    label=f"{label} (lr {r['lr']:g}, batch {r['batch_size']})" if i == 0 else None)
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":", label="m* (vocabulary mean norm)")
     ax.axhline(8.0, color="grey", linewidth=0.8, linestyle="-.", label="8 m*")
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("norm of the learned token / m*")
-    ax.set_title(f"{model}: LM objective, glimmerfox corpus, batch 4, seed 42")
-    ax.legend(fontsize=8)
+    ax.set_title(f"{model}: norms of LM-trained tokens")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
@@ -480,10 +296,18 @@ def write_report(root: Path, figures: Path, steps: list[Step], status: list[dict
 
     from geomkit.report import save_figure
 
+    from geomkit import reproduce_seeds as rs
+    from geomkit.findings import claims
+    from geomkit.verdicts import rules_table
+
     for model in ("whisper-tiny-en", "gemma3-270m"):
         fig = trained_norms_figure(root, model)
         if fig is not None:
             save_figure(figures / f"trained-norms-{model}.png", fig)
+        seeds = rs.collect(root, model, quick)
+        if seeds is not None:
+            write_json(root / model / rs.FOLDER / "results.json", seeds)
+            save_figure(figures / f"trained-seeds-{model}.png", rs.figure(seeds))
     rows = claims(root)
     commands = {(st.name, st.model): command_line(st) for st in steps}
     table = [{"claim": r["claim"], "paper": r["paper"], "model": r["model"], "geomkit": r["geomkit"], "agrees": r["agrees"],
@@ -499,6 +323,17 @@ def write_report(root: Path, figures: Path, steps: list[Step], status: list[dict
         "Regenerate with `geomkit reproduce`" + (" (this report: `--quick`, reduced sizes, not for citing)." if quick else "."),
         "",
         markdown_table(table),
+        "",
+        "## How verdicts are graded",
+        "",
+        "One rule for every model (`geomkit/verdicts.py`): **yes** when every measured value (each seed, concept or "
+        "word) is beyond the claim's yes-threshold; **partly** when the mean is beyond its partly-threshold; **no** "
+        "otherwise. Claims about trained tokens give mean (min to max, n). A bound that is 180 deg wherever it is "
+        "evaluated cannot fail and is called untestable; a probe that does not read position on clean held-out prompts "
+        "makes its rows inconclusive. Slerp keeps a norm shared by both ends by construction (`geometry.slerp` "
+        "interpolates the norm linearly), so the report measures how the neighbours move instead.",
+        "",
+        markdown_table(rules_table()),
         "",
         "## Figures",
         "",

@@ -337,6 +337,9 @@ def summarise(run: Run, b_emp: torch.Tensor, b_vocab: torch.Tensor, b_analytic: 
         extra = {
             "bound_analytic_deg": _per_block_mean(bound_a),
             "violations_analytic": int((s.angle > bound_a + tol).sum()),
+            # the share of measurements where this bound says anything (below 180 deg): where it is
+            # 180 it cannot be violated, so "0 violations" is a test only on this share
+            "nonvacuous_analytic_fraction": float((bound_a < 180.0).double().mean()),
             "update_over_analytic_max": float((s.update_norm / b_analytic[None, :]).max()),
             "prop1_analytic_applicable": sum(v is not None for v in p1a) / len(p1a),
         }
@@ -353,6 +356,7 @@ def summarise(run: Run, b_emp: torch.Tensor, b_vocab: torch.Tensor, b_analytic: 
         "violations": int((within == 0).sum()),
         "violations_vocab": int((within_v == 0).sum()),
         "nonvacuous_fraction": float(nonvac.double().mean()),
+        "nonvacuous_vocab_fraction": float((bound_v < 180.0).double().mean()),
         "angle_over_bound": float((informative / bound[nonvac]).mean()) if informative.numel() else None,
         "x_norm": _per_block_mean(s.x_norm),
         "update_norm": _per_block_mean(s.update_norm),
@@ -390,6 +394,7 @@ def by_scale(rows: list) -> list:
                 "violations_vocab": sum(g["violations_vocab"] for g in group),
                 "violations_analytic": sum(g["violations_analytic"] for g in group) if "violations_analytic" in group[0] else None,
                 "nonvacuous_fraction": avg("nonvacuous_fraction"),
+                "nonvacuous_vocab_fraction": avg("nonvacuous_vocab_fraction"),
                 "x0_norm": avg("x0_norm"),
                 "total_angle_deg": avg("total_angle_deg"),
                 "prop1_applicable": avg("prop1_applicable"),
@@ -399,6 +404,8 @@ def by_scale(rows: list) -> list:
                 "bound_vocab_deg": per_block("bound_vocab_deg"),
             }
         )
+        if "nonvacuous_analytic_fraction" in group[0]:
+            row["nonvacuous_analytic_fraction"] = avg("nonvacuous_analytic_fraction")
         if "bound_analytic_deg" in group[0]:
             row["bound_analytic_deg"] = per_block("bound_analytic_deg")
             row["mean_bound_analytic_deg"] = sum(row["bound_analytic_deg"]) / len(row["bound_analytic_deg"])

@@ -1,0 +1,65 @@
+"""The findings layer: one verdict rule, the seeds summary, Lemma 2 graded only where it can fail,
+and the README's findings table re-derived from the committed outputs under probes/."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from geomkit import findings, reproduce_seeds as rs, verdicts
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_grade_needs_every_value_for_yes():
+    assert verdicts.grade("table1", [0.0, 0.2]) == "yes"
+    assert verdicts.grade("table1", [0.2, 0.7, 0.5]) == "partly"  # mean 0.47 < 0.75, not all < 0.25
+    assert verdicts.grade("table1", [1.0, 1.0]) == "no"
+    assert verdicts.grade("angle_ratio", [1.2, 1.3]) == "yes"
+    assert verdicts.grade("angle_ratio", [1.2, 0.9]) == "partly"
+    assert verdicts.grade("angle_ratio", []) == "n/a"
+    # the rule is one table: every key has a printed grading
+    assert {r["rule"] for r in verdicts.rules_table()} == set(verdicts.RULES)
+
+
+def _rows():
+    rows = []
+    for c in ("a", "b"):
+        for s in (1, 2):
+            for m, angle, pos, norm in (("ti", 40.0, 0.0, 4.0), ("ti-rescaled", 50.0 + s, 0.8, 1.0),
+                                        ("dti", 60.0, 1.0, 1.0), ("dti-kappa0", 60.0, 1.0, 1.0)):
+                rows.append({"concept": c, "seed": s, "method": m, "norm_ratio": norm, "angle_deg": angle,
+                             "position_accuracy": pos, "steps": 10, "cos_to_prior": 0.9 if m.startswith("dti") else 0.3,
+                             "related_cosine": 0.5, "angle_from_init_deg": 10.0, "final_loss_mean10": 4.0})
+    return rows
+
+
+def test_seed_summary_statistics_and_pairs():
+    s = rs.summarise(_rows())
+    assert s["n_runs"] == 4 and s["concepts"] == ["a", "b"] and s["seeds"] == [1, 2]
+    assert s["by_method"]["ti"]["norm_ratio"] == {"mean": 4.0, "min": 4.0, "max": 4.0, "n": 4}
+    p = s["paired"]["angle_ti_rescaled_over_ti"]
+    assert p["n"] == 4 and p["min"] == pytest.approx(51 / 40) and p["max"] == pytest.approx(52 / 40)
+    assert s["paired"]["position_dti_minus_ti_rescaled"]["mean"] == pytest.approx(0.2)
+    assert s["paired"]["cos_to_prior_dti_minus_dti_kappa0"]["mean"] == pytest.approx(0.0)
+    # a metric that is null for every run (no absolute positions) has n 0, not a number
+    rows = [dict(r, position_accuracy=None) for r in _rows()]
+    assert rs.summarise(rows)["paired"]["position_dti_minus_ti"] == {
+        "mean": None, "min": None, "max": None, "n": 0, "compares": "position_accuracy: dti - ti per (concept, seed)"}
+
+
+def test_lemma2_never_yes_on_a_bound_that_cannot_fail():
+    g = {"concept": "<vocabulary>", "scale": 1.0, "n_measurements": 100, "violations_vocab": 3, "violations_analytic": 0,
+         "nonvacuous_analytic_fraction": 0.0, "nonvacuous_vocab_fraction": 0.4}
+    text, verdict = findings.lemma2_text({"prenorm": True, "by_scale": [g]})
+    assert verdict.startswith("untestable") and "exceeded 3 times" in text
+    g2 = dict(g, nonvacuous_analytic_fraction=0.25)
+    assert findings.lemma2_text({"prenorm": True, "by_scale": [g2]})[1].startswith("yes where testable (25.0%")
+    assert findings.lemma2_text({"prenorm": True, "by_scale": [dict(g2, violations_analytic=2)]})[1].startswith("no")
+    assert findings.lemma2_text({"prenorm": False, "by_scale": [g]})[1] == "n/a (post-norm)"
+
+
+def test_probe_that_does_not_generalise_is_inconclusive():
+    pp = {"baseline_accuracy": 0.196, "train_accuracy": 0.999, "chance": 0.031}
+    assert findings.probe_inconclusive(pp).startswith("inconclusive")
+    assert findings.probe_inconclusive(dict(pp, baseline_accuracy=0.97)) is None
