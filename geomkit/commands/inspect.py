@@ -117,16 +117,28 @@ def model_dims(spec: str):
 
 
 # ---- figure ------------------------------------------------------------------------------------
+TOKEN_MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*"]
+TOKEN_STYLES = ["-", (0, (4, 2)), "-.", (0, (1, 1.5))]
+AT_M_STAR = 1e-3  # |norm/m* - 1| below this: the token sits on the m* line ("= m*")
+
+
+def at_m_star(t: dict) -> bool:
+    return abs(float(t["ratio"]) - 1.0) < AT_M_STAR
+
+
 def plot(panels: list, title: str):
-    """One row per encoder: the vocabulary's norm histogram with each token marked. Tokens far
-    outside the vocabulary's range get their own panel beside it (a broken axis), so neither the
-    histogram nor the token is squashed."""
+    """One row per encoder: the vocabulary's norm histogram, m* (its mean) as a dashed black line on
+    top, and each token as a coloured line with its own marker at its own height and a label beside
+    it, so tokens at the same norm (a DTI token and a rescaled one both at m*) stay visible and
+    named ("= m*"). Tokens far outside the vocabulary's range get their own panel beside it (a
+    broken axis), so neither the histogram nor the token is squashed."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.transforms import blended_transform_factory
 
-    colors = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (0, 1)]  # not the histogram's blue
+    colors = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i not in (0, 7)]  # not the histogram's blue nor grey
     broken = []
     for p in panels:
         live = p["live"]
@@ -135,27 +147,52 @@ def plot(panels: list, title: str):
         out = [t for t in p["tokens"] if not (lo - pad <= t["norm"] <= hi + pad)]
         broken.append(bool(out))
     n = len(panels)
-    rows_legend = [1 + (len(p["tokens"]) + 1) // 2 for p in panels]
-    fig = plt.figure(figsize=(9.0, sum(3.4 + 0.2 * r for r in rows_legend)))
-    grid = fig.add_gridspec(n, 2, width_ratios=[3, 1] if any(broken) else [1, 0.0001], wspace=0.06, hspace=0.35 + 0.08 * max(rows_legend))
+    rows_legend = [2 + len(p["tokens"]) for p in panels]
+    height = sum(3.6 + 0.17 * r for r in rows_legend)
+    fig = plt.figure(figsize=(9.0, height))
+    grid = fig.add_gridspec(n, 2, width_ratios=[3, 1] if any(broken) else [1, 0.0001], wspace=0.06,
+                            hspace=0.35 + 0.08 * max(rows_legend), top=1 - 0.75 / height)
+
+    def mark(ax, t, i, k, side_text=True):
+        """The token's line, its marker at height k (0 top), and its name beside the marker."""
+        tr = blended_transform_factory(ax.transData, ax.transAxes)
+        y = 0.9 - 0.13 * (k % 6)
+        ax.axvline(t["norm"], color=t["color"], lw=1.8, ls=TOKEN_STYLES[i % len(TOKEN_STYLES)], zorder=3)
+        ax.plot([t["norm"]], [y], transform=tr, marker=TOKEN_MARKERS[i % len(TOKEN_MARKERS)], ms=9, color=t["color"],
+                mec="white", mew=1.2, ls="none", zorder=6, clip_on=False)
+        if side_text:
+            x0, x1 = ax.get_xlim()
+            right = (t["norm"] - x0) > 0.6 * (x1 - x0)
+            text = t["label"] + (" = m*" if at_m_star(t) else f" ({t['ratio']:.2f}x m*)")
+            ax.annotate(text, (t["norm"], y), xycoords=tr, xytext=(-9 if right else 9, 0), textcoords="offset points",
+                        ha="right" if right else "left", va="center", fontsize=7.5, color=t["color"], zorder=7,
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+
     for r, (p, is_broken) in enumerate(zip(panels, broken)):
         live = p["live"]
         lo, hi = float(live.min()), float(live.max())
         pad = max((hi - lo) * 0.15, 1e-6 * max(hi, 1e-12))
         ax = fig.add_subplot(grid[r, 0] if is_broken else grid[r, :])
-        ax.hist(live, bins=120, range=(lo - pad, hi + pad), color="#4C72B0", alpha=0.85)
+        ax.hist(live, bins=120, range=(lo - pad, hi + pad), color="#4C72B0", alpha=0.6)
         ax.set_yscale("log")
-        ax.axvline(p["m_star"], color="black", ls="--", lw=1, label=f"m* (mean) {p['m_star']:.4g}")
+        ax.set_ylim(top=ax.get_ylim()[1] * 30)  # room above the bars for the tokens' markers and names
         ax.set_xlim(lo - pad, hi + pad)
-        ax.set_ylabel("vocabulary tokens")
-        ax.set_title(p["title"], fontsize=10)
+        ax.axvline(p["m_star"], color="black", ls=(0, (3, 2)), lw=1.2, zorder=5, label=f"m* (mean vocabulary norm) {p['m_star']:.4g}")
+        ax.annotate("m*", (p["m_star"], 1.0), xycoords=blended_transform_factory(ax.transData, ax.transAxes), xytext=(0, 2),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=8)
+        ax.set_ylabel("vocabulary tokens (log)")
+        ax.set_title(p["title"], fontsize=10, pad=14)
         ax.set_xlabel("token embedding L2 norm")
         inside = [t for t in p["tokens"] if lo - pad <= t["norm"] <= hi + pad]
         outside = [t for t in p["tokens"] if t not in inside]
         for i, t in enumerate(p["tokens"]):
             t["color"] = colors[i % len(colors)]
+        order = {id(t): k for k, t in enumerate(p["tokens"])}
         for t in inside:
-            ax.axvline(t["norm"], color=t["color"], lw=2, label=f"{t['label']}: {t['norm']:.4g} ({t['ratio']:.2f}x m*)")
+            i = order[id(t)]
+            mark(ax, t, i, i)
+            ax.plot([], [], color=t["color"], lw=1.8, ls=TOKEN_STYLES[i % len(TOKEN_STYLES)], marker=TOKEN_MARKERS[i % len(TOKEN_MARKERS)],
+                    label=f"{t['label']}: {t['norm']:.4g} ({t['ratio']:.2f}x m*)" + (", = m*: on the m* line" if at_m_star(t) else ""))
         if is_broken:
             ax2 = fig.add_subplot(grid[r, 1], sharey=ax)
             xs = [t["norm"] for t in outside]
@@ -163,9 +200,15 @@ def plot(panels: list, title: str):
             w = max((b - a) * 0.25, 0.08 * b)
             ax2.set_xlim(a - w, b + w)
             for t in outside:
-                ax2.axvline(t["norm"], color=t["color"], lw=2)
-                ax.plot([], [], color=t["color"], lw=2, label=f"{t['label']}: {t['norm']:.4g} ({t['ratio']:.1f}x m*) -> right panel")
-            ax2.set_title("far outside the vocabulary", fontsize=9)
+                i = order[id(t)]
+                mark(ax2, t, i, i, side_text=False)
+                ax2.annotate(f"{t['ratio']:.1f}x m*", (t["norm"], 0.9 - 0.13 * (i % 6)),
+                             xycoords=blended_transform_factory(ax2.transData, ax2.transAxes), xytext=(9, 0),
+                             textcoords="offset points", ha="left", va="center", fontsize=7.5, color=t["color"],
+                             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+                ax.plot([], [], color=t["color"], lw=1.8, ls=TOKEN_STYLES[i % len(TOKEN_STYLES)], marker=TOKEN_MARKERS[i % len(TOKEN_MARKERS)],
+                        label=f"{t['label']}: {t['norm']:.4g} ({t['ratio']:.1f}x m*) -> right panel")
+            ax2.set_title("far outside the vocabulary", fontsize=9, pad=14)
             ax2.tick_params(labelleft=False, left=False)
             ax2.set_xlabel("norm")
             # the broken-axis marks
@@ -176,8 +219,8 @@ def plot(panels: list, title: str):
             x = 1 if above else 0
             ax.plot((x - 0.01, x + 0.01), (-0.02, 0.02), **kw)
             ax.plot((x - 0.01, x + 0.01), (0.98, 1.02), **kw)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=2, frameon=False)
-    fig.suptitle(title, fontsize=11)
+        ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=1, frameon=False)
+    fig.suptitle(title, fontsize=11, y=1 - 0.2 / height)  # clear of the panels' titles and the m* mark
     return fig
 
 
@@ -396,7 +439,7 @@ def run(args) -> int:
     for i, (enc, vn, _, _) in sorted(state.items()):
         toks = [{"label": t["token"], "norm": t["norm"], "ratio": t["norm_ratio"]} for t in tokens if t["encoder"] == i]
         panels.append({"live": vn.live.numpy(), "m_star": vn.m_star, "tokens": toks, "title": f"encoder {i}: {enc.name}"})
-    report.save_figure(out / "inspect.png", plot(panels, "learned tokens on the vocabulary's norm histogram"))
+    report.save_figure(out / "inspect.png", plot(panels, "learned (trained) tokens' norms on the vocabulary's norm histogram"))
     report.write_text(out / "report.md", markdown(results, notes))
     report.write_json(out / "results.json", results)
 
