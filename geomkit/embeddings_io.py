@@ -397,7 +397,7 @@ def load_learned_set(paths, d_model: Optional[int] = None, encoder: Optional[int
 def distinct_names(paths, names) -> list:
     """Token names made distinct for display: a name shared by several files gets the file's stem,
     or its run folder for `learned_embeds` files (the TI and DTI runs of one placeholder), and
-    folder/stem for the other `learned_embeds_*` files of a run (a TI-rescaled run's unrescaled token)."""
+    "folder, unrescaled" for the other `learned_embeds_*` files of a run (a TI-rescaled run's unrescaled token)."""
     out = []
     for p, name in zip(paths, names):
         p = Path(p)
@@ -407,7 +407,7 @@ def distinct_names(paths, names) -> list:
             elif p.stem == "learned_embeds":
                 name = f"{name} ({p.resolve().parent.name})"
             else:  # learned_embeds_unrescaled beside learned_embeds: one run folder, two tokens
-                name = f"{name} ({p.resolve().parent.name}/{p.stem})"
+                name = f"{name} ({p.resolve().parent.name}, {p.stem[len('learned_embeds_'):]})"
         out.append(name)
     return out
 

@@ -206,13 +206,21 @@ def _vocab(ra) -> dict:
     return {g["scale"]: g for g in ra["by_scale"] if g["concept"] == "<vocabulary>"}
 
 
+def widest(root, model, ra) -> tuple[dict, str]:
+    """(results, step): the residual-angles run whose scaled words reach the largest m (the
+    trained-angles step adds m = 64, 256 to the words), so claims about large norms see them."""
+    wide = _load(root, model, "trained-angles")
+    if wide and _vocab(wide) and max(_vocab(wide)) > max(_vocab(ra)):
+        return wide, "trained-angles"
+    return ra, "residual-angles"
+
+
 def angle_claims(root, r, seeds) -> None:
     for model in MODELS:
         ra = _load(root, model, "residual-angles")
         if not ra:
             continue
-        wide = _load(root, model, "trained-angles")
-        src, step = (wide, "trained-angles") if wide and max(_vocab(wide)) > max(_vocab(ra)) else (ra, "residual-angles")
+        src, step = widest(root, model, ra)
         vocab = _vocab(src)
         lo, hi = min(vocab), max(vocab)
         one = vocab.get(1.0, vocab[lo])
@@ -266,7 +274,9 @@ def lemma2_text(ra: dict) -> tuple[str, str]:
             + (f" ({viol_a} violations there)" if share_a else "")
             + f"; with B from vocabulary-scale tokens: below 180 deg for {share_v:.1%}, exceeded {viol_v} times"
             + (f" ({where})" if where else ""))
-    if share_a is None or share_a == 0:
+    if share_a is None:
+        verdict = "n/a (this result predates the share of informative bounds; re-run residual-angles)"
+    elif share_a == 0:
         verdict = ("untestable with the weights' bound (it is 180 deg for every measurement, so it cannot fail)"
                    + (f"; the vocabulary-scale B is exceeded {viol_v} times, so B grows with the token's norm" if viol_v else ""))
     elif viol_a:
@@ -280,9 +290,10 @@ def lemma_claims(root, r) -> None:
     for model in MODELS:
         ra = _load(root, model, "residual-angles")
         if ra:
+            ra, step = widest(root, model, ra)
             text, v = lemma2_text(ra)
             r.add("Lemma 2: per-block angle <= arcsin(B_l / ||x_l||)", "holds for pre-norm blocks", model, text, v,
-                  "residual-angles", short=v)
+                  step, short=v)
     for model in MODELS:
         at = _load(root, model, "attenuation")
         if not at:
@@ -332,7 +343,8 @@ def readme_table(rows: list[dict]) -> str:
     for c in order:
         paper = next(x["paper"] for x in rows if x["claim"] == c)
         cells = [cell.get((c, m), "-").replace("|", "\\|") for m in MODELS]
-        lines.append(f"| {c} ({paper}) | " + " | ".join(cells) + " |")
+        head = f"{c} ({paper})".replace("|", "\\|")
+        lines.append(f"| {head} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -360,3 +372,24 @@ def readme_block(root: Path) -> str:
     """The generated part of the README's findings section: the table and the runs behind it."""
     rows = claims(root)
     return "\n".join([README_BEGIN, "", readme_table(rows), "", *readme_notes(root), "", README_END])
+
+
+def update_readme(readme: Path, root: Path) -> bool:
+    """Replace the README's generated findings block with the one `root` gives; True if it changed.
+    (`python -m geomkit.findings` after `geomkit reproduce`; tests/test_findings.py checks it.)"""
+    from geomkit.report import write_text
+
+    text = Path(readme).read_text(encoding="utf-8")
+    a, b = text.index(README_BEGIN), text.index(README_END) + len(README_END)
+    new = text[:a] + readme_block(root) + text[b:]
+    if new != text:
+        write_text(readme, new)
+    return new != text
+
+
+if __name__ == "__main__":
+    import sys
+
+    here = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(".")
+    changed = update_readme(here / "README.md", here / "probes")
+    print("README findings block " + ("rewritten" if changed else "already up to date"))

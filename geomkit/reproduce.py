@@ -265,7 +265,7 @@ def trained_norms_figure(root: Path, model: str):
         return [x["step"] for x in rows], [x["norm"] / r["m_star"][0] for x in rows], r
 
     series = []  # (label, color, style, [(steps, norms)], lr, batch)
-    for key, color, name in (("ti", "C1", "TI"), ("dti", "C0", "DTI")):
+    for key, color, name in (("ti-rescaled", "C1", "TI"), ("dti", "C0", "DTI")):  # a ti-rescaled run logs TI's norm
         curves = [log(rs.run_name(c, s, t)) for c, s, t in rs.runs(model, quick=False) + rs.runs(model, quick=True) if t == key]
         curves = [c for c in curves if c]
         if curves:

@@ -3,9 +3,9 @@
 Every trained-token claim used to rest on one concept, one seed and one run per method. Here
 each (concept, seed) trains three tokens on the LM objective:
 
-- `ti-rescaled` (TI with AdamW; its file `learned_embeds_unrescaled` is the plain TI token, the
-  same trajectory as `--method ti`, and `learned_embeds` is that token set to norm m*): the
-  **norm control**, same direction as TI, vocabulary norm;
+- `ti-rescaled` (TI with AdamW, `--method ti-rescaled`; its file `learned_embeds_unrescaled` is
+  the plain TI token, the same trajectory as `--method ti`, and `learned_embeds` is that token set
+  to norm m*): the **norm control**, TI's direction at the vocabulary's norm;
 - `dti` (kappa 1e-4, the paper's setting);
 - `dti-kappa0` (kappa 0): the **prior control**, telling the vMF pull from the atan(lr) step cap.
 
@@ -26,11 +26,11 @@ CONCEPTS = {
 }
 SEEDS = (1, 2, 3)
 # the three trainings of a (concept, seed): step suffix -> (train --method, extra flags)
-TRAININGS = {"ti": ("ti-rescaled", []), "dti": ("dti", []), "dti-kappa0": ("dti", ["--kappa", "0"])}
+TRAININGS = {"ti-rescaled": ("ti-rescaled", []), "dti": ("dti", []), "dti-kappa0": ("dti", ["--kappa", "0"])}
 # the four measured methods: method -> (training, file inside the run folder)
 METHOD_FILES = {
-    "ti": ("ti", "learned_embeds_unrescaled.safetensors"),
-    "ti-rescaled": ("ti", "learned_embeds.safetensors"),
+    "ti": ("ti-rescaled", "learned_embeds_unrescaled.safetensors"),
+    "ti-rescaled": ("ti-rescaled", "learned_embeds.safetensors"),
     "dti": ("dti", "learned_embeds.safetensors"),
     "dti-kappa0": ("dti-kappa0", "learned_embeds.safetensors"),
 }

@@ -109,6 +109,14 @@ def test_method_of_reads_the_seeds_labels():
     assert ra.method_of("<hollowmere> (hollowmere-s3-dti-kappa0)") == "dti-kappa0"
     assert ra.method_of("<emberkettle> (emberkettle-s2-ti-rescaled)") == "ti-rescaled"
     assert ra.method_of("<glimmerfox> (train-ti)") is None
+    # a ti-rescaled run exports the plain TI token beside the rescaled one: the labels the file
+    # loader gives the two files of one run folder name both methods correctly
+    from geomkit.embeddings_io import distinct_names
+
+    run = "/x/trained-seeds/glimmerfox-s1-ti-rescaled"
+    labels = distinct_names([f"{run}/learned_embeds.safetensors", f"{run}/learned_embeds_unrescaled.safetensors"],
+                            ["<glimmerfox>", "<glimmerfox>"])
+    assert [ra.method_of(x) for x in labels] == ["ti-rescaled", "ti"]
 
 
 def test_residual_angles_post_norm_draws_no_bound_and_says_why():

@@ -63,3 +63,42 @@ def test_probe_that_does_not_generalise_is_inconclusive():
     pp = {"baseline_accuracy": 0.196, "train_accuracy": 0.999, "chance": 0.031}
     assert findings.probe_inconclusive(pp).startswith("inconclusive")
     assert findings.probe_inconclusive(dict(pp, baseline_accuracy=0.97)) is None
+
+
+# ---- every number in the README's findings comes from a committed file ----------------------------
+def test_readme_findings_block_is_derived_from_probes():
+    """The README's findings table and its notes are exactly what the committed outputs under
+    probes/ give (regenerate with `geomkit reproduce`, which reuses finished steps)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = findings.readme_block(ROOT / "probes")
+    assert findings.README_BEGIN in readme and findings.README_END in readme
+    shown = readme[readme.index(findings.README_BEGIN): readme.index(findings.README_END) + len(findings.README_END)]
+    assert shown == block
+
+
+def test_trained_seeds_results_have_the_promised_shape():
+    for model, n_concepts in (("whisper-tiny-en", 3), ("gemma3-270m", 1)):
+        res = json.loads((ROOT / "probes" / model / "trained-seeds" / "results.json").read_text())
+        runs = res["runs"]
+        assert {r["method"] for r in runs} == {"ti", "dti", "ti-rescaled", "dti-kappa0"}
+        assert len({r["concept"] for r in runs}) >= n_concepts and len({r["seed"] for r in runs}) >= 3
+        for r in runs:
+            assert {"concept", "seed", "method", "norm_ratio", "angle_deg", "position_accuracy", "steps"} <= set(r)
+            if r["method"] in ("dti", "dti-kappa0", "ti-rescaled"):
+                assert r["norm_ratio"] == pytest.approx(1.0, abs=1e-5)
+            assert (r["position_accuracy"] is None) == (model == "gemma3-270m")  # RoPE: no absolute positions
+        # the summary is the summary of these runs
+        assert res["summary"] == json.loads(json.dumps(rs.summarise(runs)))
+
+
+def test_inspect_examples_in_the_readme_come_from_committed_runs():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    gem = json.loads((ROOT / "probes" / "gemma3-270m" / "inspect" / "results.json").read_text())
+    for t in gem["tokens"]:
+        row = f"{t['norm']:.3f}  {t['m_star']:.3f}  {t['norm_ratio']:.3f}"
+        assert row in readme, row
+    river = json.loads((ROOT / "probes" / "minilm-l6" / "inspect-river-x8" / "results.json").read_text())
+    orig, fixed = river["tokens"]
+    for text in (f"norm {orig['norm_ratio']:.2f}x m* (m* {orig['m_star']:.4f})", f"position read {orig['position_accuracy']:.1%}",
+                 f"vs {orig['position_accuracy_normal']:.1%} for normal tokens", f"copy: {fixed['position_accuracy']:.1%}"):
+        assert text in readme, text

@@ -53,11 +53,16 @@ def scale_colors(n: int):
 
 def method_of(label: str):
     """The training method in a learned token's label, when the run folder names a seed:
-    '<glimmerfox> (glimmerfox-s1-dti)' -> 'dti'; None when the label carries no such suffix."""
+    '<glimmerfox> (glimmerfox-s1-dti)' -> 'dti'; a ti-rescaled run's unrescaled export,
+    '<glimmerfox> (glimmerfox-s1-ti-rescaled, unrescaled)', is the plain TI token -> 'ti'; None
+    when the label carries no such suffix."""
     import re
 
     m = re.search(r"\(([^()]*)\)\s*$", label)
-    s = re.search(r"-s\d+-(.+)$", m.group(1) if m else label)
+    inner = m.group(1) if m else label
+    if inner.endswith(", unrescaled"):
+        return "ti"
+    s = re.search(r"-s\d+-(.+)$", inner)
     return s.group(1) if s else None
 
 
