@@ -1,8 +1,12 @@
 """Interpolating two learned tokens over a list of ratios (the paper's Sec. 4.5, Fig. 4).
 
 A token is a dict of parts, {"embedding": (n, d)} or SDXL's {"clip_l": (n, 768), "clip_g": (n, 1280)};
-each part is interpolated row by row with `geometry.slerp` (directions on the sphere, the norm
-interpolated linearly, so two DTI tokens of norm m* stay at m* at every ratio) or `geometry.lerp`.
+each part is interpolated row by row with `geometry.slerp` (directions along the great circle,
+the norm linear in the ratio: two tokens of equal norm give interpolants of that norm by
+construction, which is why it is not reported as a result) or `geometry.lerp`.
+
+What can fail, and is measured (`neighbour_path`, `smoothness`): which vocabulary tokens lie
+nearest each interpolant (top-K by cosine) and whether they change smoothly along the path.
 """
 
 from __future__ import annotations

@@ -26,7 +26,34 @@ def _on_sphere(d, m, seed):
     return v / v.norm() * m
 
 
-def test_slerp_keeps_the_norm_and_hits_both_endpoints_exactly():
+def test_slerp_property_norm_linear_in_t_and_angle_proportional_to_t():
+    """geometry.slerp's documented contract, on random float64 vectors of random norms and many t:
+    |slerp(a, b, t)| = (1 - t)|a| + t|b| (so equal norms stay equal: by construction, not a finding)
+    and the direction's angle to a is t * angle(a, b), on the arc to b."""
+    from geomkit.geometry import angle_deg, slerp
+
+    g = torch.Generator().manual_seed(18)
+    ts = torch.linspace(0, 1, 41, dtype=torch.float64).tolist() + torch.rand(40, generator=g, dtype=torch.float64).tolist()
+    for trial in range(50):
+        d = [2, 3, 16, 640][trial % 4]
+        a = torch.randn(d, generator=g, dtype=torch.float64) * float(torch.rand(1, generator=g) * 5 + 0.01)
+        b = torch.randn(d, generator=g, dtype=torch.float64) * float(torch.rand(1, generator=g) * 5 + 0.01)
+        na, nb = float(a.norm()), float(b.norm())
+        omega = float(angle_deg(a, b))
+        for t in ts:
+            v = slerp(a, b, t)
+            assert v.dtype == torch.float64
+            assert float(v.norm()) == pytest.approx((1 - t) * na + t * nb, abs=1e-12, rel=1e-12)
+            assert float(angle_deg(a, v)) == pytest.approx(t * omega, abs=1e-9)
+            assert float(angle_deg(v, b)) == pytest.approx((1 - t) * omega, abs=1e-9)
+    # rows are independent: a batch gives each row's own result
+    a, b = torch.randn(5, 8, generator=g, dtype=torch.float64), torch.randn(5, 8, generator=g, dtype=torch.float64)
+    batch = slerp(a, b, 0.3)
+    for i in range(5):
+        torch.testing.assert_close(batch[i], slerp(a[i], b[i], 0.3), rtol=0, atol=1e-14)
+
+
+def test_slerp_of_equal_norms_hits_both_endpoints_exactly_and_keeps_the_norm_by_construction():
     a, b = _on_sphere(64, 0.387, 0), _on_sphere(64, 0.387, 1)
     mixes = interpolate({"embedding": a}, {"embedding": b}, FIG4, "slerp")
     assert torch.equal(mixes[0]["embedding"], a) and torch.equal(mixes[-1]["embedding"], b)
