@@ -130,7 +130,7 @@ def neighbour_path(enc, vectors, k: int) -> list[list[dict]]:
     return [cos for cos, _ in neighbours(enc.embedding_table(), vectors, enc.token_str, k=k, token_text=enc.token_text)]
 
 
-ANGLE_TOL_DEG = 1e-9  # a step back smaller than this is rounding, not a turn towards A
+ANGLE_TOL_DEG = 1e-3  # a step back smaller than this is rounding (float32 tokens: ~1e-5 deg), not a turn towards A
 
 
 def jaccard(x: Sequence, y: Sequence) -> float:
