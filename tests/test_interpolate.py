@@ -11,6 +11,7 @@ from PIL import Image
 
 from helpers import assert_one_line_error as _assert_one_line_error, run_cli as _run
 from geomkit.embeddings_io import read_tensors, save_learned, save_sdxl_pair
+from geomkit.geometry import nearest
 from geomkit.interpolation import FIG4_RATIOS, describe, interpolate
 
 FIG4 = list(FIG4_RATIOS)
@@ -323,3 +324,25 @@ def test_neighbors_bad_inputs_give_one_line(tiny_dir, tmp_path, capsys):
     _assert_one_line_error(*_run(capsys, "interpolate", tmp_path / "w1.safetensors", tmp_path / "w2.safetensors", "--neighbors", 5,
                                  "--model", clip, "--out", out)[::2], "dimension 32")
     assert not out.exists()
+
+
+def test_neighbors_of_sdxl_pairs_use_each_parts_own_encoder(tiny_dir, tiny_encoder, tmp_path, capsys):
+    """clip_l is compared with text encoder 1's vocabulary and clip_g with encoder 2's, each with its own m*."""
+    sdxl = tiny_dir("sdxl")
+    e1, e2 = tiny_encoder("sdxl", 1), tiny_encoder("sdxl", 2)
+    save_sdxl_pair(tmp_path / "a.safetensors", _on_sphere(e1.d_model, 0.4, 0), _on_sphere(e2.d_model, 0.6, 1))
+    save_sdxl_pair(tmp_path / "b.safetensors", _on_sphere(e1.d_model, 0.4, 2), _on_sphere(e2.d_model, 0.6, 3))
+    code, _, err = _run(capsys, "interpolate", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--ratios", "0,0.5,1",
+                        "--neighbors", 4, "--model", sdxl, "--out", tmp_path / "o")
+    assert code == 0, err
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert set(res["smoothness"]) == {"clip_l", "clip_g"}
+    for part, enc, norm in (("clip_l", e1, 0.4), ("clip_g", e2, 0.6)):
+        n = enc.embedding_table().double().norm(dim=1)
+        m_star = float(n[n > 0].mean())
+        j = res["parts"].index(part)
+        assert res["m_star"][j] == pytest.approx(m_star, rel=1e-9)
+        assert res["norm_over_m_star"][1][j] == pytest.approx(norm / m_star, rel=1e-6)
+        end = read_tensors(tmp_path / "a.safetensors")[part]
+        cos, _ = nearest(enc.embedding_table(), end, k=4)
+        assert [r["id"] for r in res["neighbors"][0][part]] == cos[0].ids.tolist()

@@ -33,10 +33,10 @@ def add_arguments(p):
     p.add_argument("--mode", choices=("slerp", "lerp"), default="slerp", help="slerp (default; on the sphere) or lerp (straight line, TI's usual)")
     p.add_argument("--token", default="<mix>", type=nonempty("token name"), help="the token name written into the output files (default <mix>)")
     p.add_argument("--model", metavar="SPEC", default=None, type=model_spec,
-                   help="with --prompt: the diffusers pipeline folder that renders the interpolants; otherwise (and with "
-                   "--neighbors) the model whose vocabulary is searched and whose m* the norms are divided by "
-                   "(any --model of `geomkit neighbors`). Default with --prompt or --neighbors: the runs' model, "
-                   "when A and B are run folders of one model")
+                   help="the model whose vocabulary --neighbors searches and whose m* (mean vocabulary norm) the norms "
+                   "are divided by: any --model of `geomkit neighbors`; with --prompt it must be a diffusers pipeline "
+                   "folder, which also renders the interpolants. Default with --prompt or --neighbors: the runs' "
+                   "model, when A and B are run folders of one model")
     p.add_argument("--neighbors", "--neighbours", dest="neighbors", type=int_range(1, None, "--neighbors"), default=None,
                    metavar="K", help="list each interpolant's top-K cosine vocabulary neighbours and the path's smoothness "
                    "(needs a model: --model or run folders)")
