@@ -131,8 +131,18 @@ def drift(vector: torch.Tensor, related: torch.Tensor) -> torch.Tensor:
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation of directions; the norm is interpolated linearly, so when both
-    inputs share a norm (DTI tokens: m*) every ratio keeps it exactly. t=0 -> a, t=1 -> b."""
+    """Interpolate direction and norm separately, row by row (last dimension); t=0 -> a, t=1 -> b.
+
+    - Direction: along the great circle from a/|a| to b/|b| at constant angular speed, so the
+      interpolant's angle to a is exactly t * angle(a, b) (and (1 - t) * angle(a, b) to b).
+    - Norm: linear in t, |slerp(a, b, t)| = (1 - t) |a| + t |b|, set explicitly below.
+
+    Consequence, by construction and not a measurement: inputs of equal norm (two DTI tokens of
+    one model, both at m*) give interpolants of exactly that norm at every t. Whether the
+    interpolants *mean* anything in between (their vocabulary neighbours) is what must be measured.
+    Computed in float64 and returned in a's dtype. Near-parallel inputs (sin(angle) < 1e-9) fall
+    back to a linear mix of the directions; exactly opposite directions raise ValueError (no unique
+    great circle)."""
     if t == 0:
         return a.clone()
     if t == 1:

@@ -1,14 +1,18 @@
 """Interpolating two learned tokens over a list of ratios (the paper's Sec. 4.5, Fig. 4).
 
 A token is a dict of parts, {"embedding": (n, d)} or SDXL's {"clip_l": (n, 768), "clip_g": (n, 1280)};
-each part is interpolated row by row with `geometry.slerp` (directions on the sphere, the norm
-interpolated linearly, so two DTI tokens of norm m* stay at m* at every ratio) or `geometry.lerp`.
+each part is interpolated row by row with `geometry.slerp` (directions along the great circle,
+the norm linear in the ratio: two tokens of equal norm give interpolants of that norm by
+construction, which is why it is not reported as a result) or `geometry.lerp`.
+
+What can fail, and is measured (`neighbour_path`, `smoothness`): which vocabulary tokens lie
+nearest each interpolant (top-K by cosine) and whether they change smoothly along the path.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 from geomkit.errors import GeomkitError
 from geomkit.geometry import angle_deg, lerp, slerp
@@ -114,3 +118,64 @@ def describe(a: dict, b: dict, mixes: Sequence[dict]) -> dict:
         "norm_a": [float(a[k][i].double().norm()) for _, k, i in cols],
         "norm_b": [float(b[k][i].double().norm()) for _, k, i in cols],
     }
+
+
+# ---- what can fail: the interpolants' vocabulary neighbours along the path ----------------------
+def neighbour_path(enc, vectors, k: int) -> list[list[dict]]:
+    """Top-k cosine neighbours in `enc`'s vocabulary for each row of `vectors` (n, d): one list of
+    {"token" (raw piece), "text" (decoded for people), "id", "score"} per row, computed by the same
+    `geometry.nearest` call `geomkit neighbors --embedding` makes (no query token excluded)."""
+    from geomkit.inspection import neighbours
+
+    return [cos for cos, _ in neighbours(enc.embedding_table(), vectors, enc.token_str, k=k, token_text=enc.token_text)]
+
+
+ANGLE_TOL_DEG = 1e-3  # a step back smaller than this is rounding (float32 tokens: ~1e-5 deg), not a turn towards A
+
+
+def jaccard(x: Sequence, y: Sequence) -> float:
+    sx, sy = set(x), set(y)
+    return len(sx & sy) / len(sx | sy) if sx | sy else 1.0
+
+
+def smoothness(ratios: Sequence[float], top_ids: Sequence[Sequence[int]], angles_to_a: Sequence[float],
+               labels: Optional[Sequence[str]] = None) -> dict:
+    """Measures of one column's path that can fail, taken in ascending ratio order:
+
+    - jaccard: |S_i & S_i+1| / |S_i | S_i+1| of the top-K id sets at consecutive ratios (1 = same set);
+    - top1_changed: whether the nearest token differs between consecutive ratios, and how often;
+    - distinct_top1: how many different nearest tokens the path passes through (1 = one token all along);
+    - angle_to_a_monotonic: whether the angle to A never decreases as the ratio grows (a decrease
+      beyond ANGLE_TOL_DEG means the path turns back towards A somewhere).
+    `labels` (the decoded top-1 tokens, same order as `top_ids`) only make the report readable.
+    """
+    order = sorted(range(len(ratios)), key=lambda i: ratios[i])
+    rs = [float(ratios[i]) for i in order]
+    ids = [list(top_ids[i]) for i in order]
+    ang = [float(angles_to_a[i]) for i in order]
+    top1 = [x[0] for x in ids]
+    jac = [jaccard(ids[i], ids[i + 1]) for i in range(len(ids) - 1)]
+    changed = [top1[i] != top1[i + 1] for i in range(len(ids) - 1)]
+    steps = [ang[i + 1] - ang[i] for i in range(len(ang) - 1)]
+    back = [i for i, s in enumerate(steps) if s < -ANGLE_TOL_DEG]
+    out = {
+        "ratios": rs,
+        "jaccard": jac,
+        "jaccard_min": min(jac) if jac else None,
+        "jaccard_mean": sum(jac) / len(jac) if jac else None,
+        "top1_changed": changed,
+        "top1_changes": sum(changed),
+        "top1_ids": top1,
+        "distinct_top1": len(set(top1)),
+        "angle_to_a_steps_deg": steps,
+        "angle_to_a_monotonic": not back,
+    }
+    if labels is not None:
+        names = [labels[i] for i in order]
+        seen = []
+        for n in names:
+            if n not in seen:
+                seen.append(n)
+        out["top1"] = names
+        out["top1_sequence"] = seen
+    return out

@@ -73,10 +73,15 @@ def test_04_ti_vs_dti_numbers():
 
 
 def test_05_interpolation_numbers(gemma):
-    """Notebook 05: slerp between the DTI token and 'wolf' keeps the vocabulary norm; lerp dips."""
+    """Notebook 05: the norms are the construction (slerp linear in t, lerp below it); the measured
+    part is the path's cosine neighbours: DTI token -> 'wolf' changes its nearest token once, fox ->
+    wolf between ratios 0.45 and 0.5, consecutive top-10 Jaccard >= 2/3, the angle to the start
+    monotonic, and slerp and lerp show the same six neighbours at the notebook's ratios."""
+    import torch
     from safetensors.torch import load_file
 
-    from geomkit.geometry import lerp, slerp
+    from geomkit.geometry import angle_deg, lerp, slerp
+    from geomkit.interpolation import neighbour_path, smoothness
 
     dti = load_file(str(RESULTS / "gemma3-270m" / "train-dti" / "learned_embeds.safetensors"))["<glimmerfox>"][0]
     wolf = gemma.embedding_table()[gemma.token_id("wolf")]
@@ -84,6 +89,19 @@ def test_05_interpolation_numbers(gemma):
         expect = (1 - t) * dti.double().norm() + t * wolf.double().norm()
         assert float(slerp(dti, wolf, t).double().norm()) == pytest.approx(float(expect), rel=1e-5)
         assert float(lerp(dti, wolf, t).double().norm()) < float(expect)
+    assert float(dti.double().norm()) == pytest.approx(float(wolf.double().norm()), rel=1e-4)  # "agree to 0.01%"
+    ratios = [0, 0.25, 0.35, 0.45, 0.5, 0.55, 0.65, 0.75, 1]
+    lists = {}
+    for name, fn in (("slerp", slerp), ("lerp", lerp)):
+        vs = [fn(dti, wolf, t) for t in ratios]
+        nbs = neighbour_path(gemma, torch.stack(vs), k=10)
+        lists[name] = [[r["id"] for r in nb] for nb in nbs]
+        sm = smoothness(ratios, lists[name], [float(angle_deg(dti, v)) for v in vs], labels=[nb[0]["text"].strip() for nb in nbs])
+        assert sm["top1_sequence"] == ["fox", "wolf"] and sm["top1_changes"] == 1
+        assert sm["top1_changed"][ratios.index(0.45)] is True  # the switch: between 0.45 and 0.5
+        assert sm["jaccard_min"] == pytest.approx(2 / 3) and sm["angle_to_a_monotonic"] is True
+    assert [x[:6] for x in lists["slerp"]] == [x[:6] for x in lists["lerp"]]  # the six shown
+    assert min(len(set(x) & set(y)) for x, y in zip(lists["slerp"], lists["lerp"])) >= 9
 
 
 def test_06_trained_tokens_whisper_numbers():
