@@ -115,6 +115,14 @@ def test_absolute_mode_ignores_the_rows_own_norm(clip64):
     assert torch.nn.functional.cosine_similarity(f_abs(a), table[a].float(), dim=0) > 1 - 1e-6
 
 
+def test_command_constants_match_the_module():
+    """The command keeps its own copies (so --help need not import torch): they must agree."""
+    from geomkit.commands import probe_position as cmd
+
+    assert (cmd.NORM_MODES, cmd.PROTOCOLS, cmd.SINGLE_DRAWS) == (pos.NORM_MODES, pos.PROTOCOLS, pos.SINGLE_DRAWS)
+    assert cmd.NORM_MODES[0] == "multiply" and cmd.PROTOCOLS[0] == "content"  # the defaults are today's behaviour
+
+
 def test_absolute_mode_refuses_an_all_zero_row():
     class Fake:
         def embedding_table(self):

@@ -29,7 +29,7 @@ SINGLE_DRAWS = 1000  # = geomkit.probes.position.SINGLE_DRAWS
 
 
 def add_arguments(p):
-    p.add_argument("--scales", default=DEFAULT_SCALES, type=scale_list, metavar="M,M,...", help=f"embedding scales m (default {DEFAULT_SCALES})")
+    p.add_argument("--scales", default=DEFAULT_SCALES, type=scale_list, metavar="M,M,...", help=f"values of m (default {DEFAULT_SCALES}): factors on the token's row, or the norms it is set to (see --norm-mode)")
     p.add_argument("--norm-mode", default="multiply", choices=NORM_MODES,
                    help="what m does to the replaced token: multiply = its embedding row times m (default; its norm becomes "
                         "m x its own norm); absolute = its direction at norm m exactly (row / ||row|| x m, as the DTI authors' "

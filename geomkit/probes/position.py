@@ -6,10 +6,17 @@ embedding LayerNorm, for CLIP/Whisper block 0's first LayerNorm; RoPE models suc
 no LN(e + p), so there the default is `blocks.3.resid_post`, after 4 blocks), over all positions of the
 training prompts. It is then evaluated on held-out prompts where ONE token's embedding is replaced:
 
-- by itself times m (`scaled`): Lemma 1 says LN(m e + p) forgets p as m grows;
-- by a learned embedding (`learned`): the vector stands in place of the content word.
+- by itself times m (`scaled`, norm mode `multiply`, the default): Lemma 1 says LN(m e + p)
+  forgets p as m grows; or by its own direction at norm m exactly (norm mode `absolute`,
+  row / ||row|| * m, as the DTI authors' notebook does);
+- by a learned embedding (`learned`): the vector stands in place of the content word, as it is
+  (both norm modes).
 
-How tokens are replaced (both cases): for every held-out prompt and every content position j
+Protocol `content` (the default) is described next; protocol `single` follows the authors'
+notebook instead: `SINGLE_DRAWS` inputs, each ONE random vocabulary token in the tokenizer's
+one-token template (BOS/CLS/EOS kept), read at that token's position (see `single_token_inputs`).
+
+How tokens are replaced under `content` (both cases): for every held-out prompt and every content position j
 (not a special token such as BOS/CLS/EOS/SEP, and j < n_positions), one copy of the prompt is run
 with the embedding-table output at j replaced through `geomkit.hooks.inject`; the probe reads
 the site vector at j and must answer j. Accuracy is computed per position and then averaged over
