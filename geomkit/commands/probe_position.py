@@ -14,16 +14,31 @@ DESCRIPTION = (
     "first normalisation after position embeddings are added (LN(e + p); BERT: the embedding LayerNorm), over all "
     "positions of the training prompts. Then, on held-out prompts, replace one content token at a time by its own "
     "embedding times m (--scales) or by a learned embedding (--embedding), and report the probe's accuracy at that "
-    "token's position, averaged over positions. RoPE models (Gemma) have no LN(e + p): there the site defaults to "
+    "token's position, averaged over positions. --norm-mode absolute sets the replaced token to norm m instead "
+    "(its direction kept, as the DTI authors' notebook does); --protocol single evaluates, as their notebook does, one "
+    "random vocabulary token per input at the first content position instead of every content position of the "
+    "held-out prompts. RoPE models (Gemma) have no LN(e + p): there the site defaults to "
     "blocks.3.resid_post (after 4 blocks; --site blocks.K.resid_post picks another), and the output says so. "
     "Everything is written inside --out, the trained probe in --out/probe unless --probe-dir says otherwise."
 )
 
 DEFAULT_SCALES = "0.5,1,2,4,8,16"
+NORM_MODES = ("multiply", "absolute")  # = geomkit.probes.position.NORM_MODES (not imported here: --help stays light)
+PROTOCOLS = ("content", "single")  # = geomkit.probes.position.PROTOCOLS
+SINGLE_DRAWS = 1000  # = geomkit.probes.position.SINGLE_DRAWS
 
 
 def add_arguments(p):
-    p.add_argument("--scales", default=DEFAULT_SCALES, type=scale_list, metavar="M,M,...", help=f"embedding scales m (default {DEFAULT_SCALES})")
+    p.add_argument("--scales", default=DEFAULT_SCALES, type=scale_list, metavar="M,M,...", help=f"values of m (default {DEFAULT_SCALES}): factors on the token's row, or the norms it is set to (see --norm-mode)")
+    p.add_argument("--norm-mode", default="multiply", choices=NORM_MODES,
+                   help="what m does to the replaced token: multiply = its embedding row times m (default; its norm becomes "
+                        "m x its own norm); absolute = its direction at norm m exactly (row / ||row|| x m, as the DTI authors' "
+                        "notebook). Learned embeddings (--embedding) are placed as they are in both modes")
+    p.add_argument("--protocol", default="content", choices=PROTOCOLS,
+                   help="where tokens are replaced: content = every content position of every held-out prompt, one at a time "
+                        "(default); single = the authors' protocol: one random vocabulary token (seeded by --seed) per input, "
+                        f"{SINGLE_DRAWS} inputs, each the tokenizer's one-token template with its BOS/CLS/EOS kept, evaluated at "
+                        "that token's position (the first content position)")
     p.add_argument("--embedding", nargs="+", action="extend", default=[], type=existing_file, metavar="FILE", help="learned embedding file(s) to place in the prompts")
     p.add_argument("--site", default=None, type=nonempty("site"), help="site to probe (default: the model's LN(e + p); on RoPE models, which have none, blocks.3.resid_post)")
     p.add_argument("--prompts", default=None, type=existing_file, metavar="FILE", help="prompt file, one per line, '#' comments (default: the packaged 305 prompts)")
@@ -45,19 +60,28 @@ def plot(res, title: str):
     from geomkit.report import figure
 
     fig, ax = figure(6.4, 4.0)
-    ax.plot(res.scales, [100 * a for a in res.accuracy], "o-", color="#4C72B0", label="one token scaled by m")
+    absolute = getattr(res, "norm_mode", "multiply") == "absolute"
+    ax.plot(res.scales, [100 * a for a in res.accuracy], "o-", color="#4C72B0",
+            label="one token set to norm m" if absolute else "one token scaled by m")
     ax.axhline(100 * res.baseline_accuracy, color="black", ls="--", lw=1, label=f"normal inputs {100 * res.baseline_accuracy:.1f}%")
     ax.axhline(100 * res.chance, color="#999999", ls=":", lw=1, label=f"chance {100 * res.chance:.1f}%")
     colors = ["#C44E52", "#55A868", "#8172B2", "#CCB974", "#64B5CD"]
+    xs = {}
     for (name, acc), c in zip(res.embeddings.items(), colors * 10):
-        x = res.embedding_norm_ratio.get(name, 1.0)
-        ax.plot([x], [100 * acc], "*", ms=12, color=c, label=f"{name} (norm {x:.2g}x vocab mean): {100 * acc:.1f}%")
+        ratio = res.embedding_norm_ratio.get(name, 1.0)
+        # multiply: at its norm / the vocabulary mean (m x a typical row); absolute: at its own norm
+        x = xs[name] = ratio * res.mean_vocab_norm if absolute else ratio
+        ax.plot([x], [100 * acc], "*", ms=12, color=c,
+                label=f"{name} (norm {ratio * res.mean_vocab_norm:.3g}, {ratio:.2g}x vocab mean): {100 * acc:.1f}%")
     ax.set_xscale("log", base=2)
-    lo = min(res.scales + list(res.embedding_norm_ratio.values()) or [1.0])
-    hi = max(res.scales + list(res.embedding_norm_ratio.values()) or [1.0])
+    lo = min(res.scales + list(xs.values()) or [1.0])
+    hi = max(res.scales + list(xs.values()) or [1.0])
     ax.set_xlim(2 ** (math.floor(math.log2(lo)) - 0.3), 2 ** (math.ceil(math.log2(hi)) + 0.3))
     ax.set_ylim(-3, 103)
-    ax.set_xlabel("embedding scale m" + (" (learned tokens: norm / vocabulary mean norm)" if res.embeddings else ""))
+    from geomkit.probes.position import scale_axis_label
+
+    learned_x = " (learned tokens: their norm)" if absolute else " (learned tokens: norm / vocabulary mean norm)"
+    ax.set_xlabel(scale_axis_label(getattr(res, "norm_mode", "multiply")) + (learned_x if res.embeddings else ""))
     ax.set_ylabel("position accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
@@ -111,6 +135,7 @@ def run(args) -> int:
     train_t, test_t = tokenize(enc, train_p), tokenize(enc, test_p)
     res, probe = pos.run_position_probe(
         enc, train_t, test_t, site, scales, learned, probe=probe, min_support=args.min_support,
+        norm_mode=args.norm_mode, protocol=args.protocol, single_seed=args.seed,
         hidden=args.hidden, epochs=args.epochs, seed=args.seed,
     )
 
@@ -139,14 +164,17 @@ def run(args) -> int:
     if enc.family.name == "gemma":
         results["note"] = "Gemma 3 270M numbers come from Q4_K_M-quantised weights (de-quantised)."
     rows = [{"condition": "normal", "scale": None, "accuracy": res.baseline_accuracy}]
-    rows += [{"condition": "scaled", "scale": m, "accuracy": a} for m, a in zip(res.scales, res.accuracy)]
+    cond = "scaled" if args.norm_mode == "multiply" else "norm"
+    rows += [{"condition": cond, "scale": m, "accuracy": a} for m, a in zip(res.scales, res.accuracy)]
     rows += [{"condition": f"learned:{k}", "scale": res.embedding_norm_ratio[k], "accuracy": v} for k, v in res.embeddings.items()]
     report.write_csv(out / "accuracy.csv", pd.DataFrame(rows))
-    title = f"position probe at {site}: {enc.name}"
+    where = "every content position" if args.protocol == "content" else f"one random token at position {res.single['position']}"
+    title = f"position probe at {site}: {enc.name}\n{args.norm_mode} mode, {where}"
     report.save_figure(out / "position_probe.png", plot(res, title))
     report.write_json(out / "results.json", results)
 
     print(f"model: {enc.name}   site: {site}   positions: {res.n_positions} (chance {100 * res.chance:.1f}%)")
+    print(f"m: {pos.scale_axis_label(args.norm_mode)}   protocol: {args.protocol} ({results['averaging']})")
     if not args.site and enc.family.positions in ("rope", "relative"):
         print(f"site chosen automatically: {site_why}")
     import math

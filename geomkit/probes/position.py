@@ -6,10 +6,17 @@ embedding LayerNorm, for CLIP/Whisper block 0's first LayerNorm; RoPE models suc
 no LN(e + p), so there the default is `blocks.3.resid_post`, after 4 blocks), over all positions of the
 training prompts. It is then evaluated on held-out prompts where ONE token's embedding is replaced:
 
-- by itself times m (`scaled`): Lemma 1 says LN(m e + p) forgets p as m grows;
-- by a learned embedding (`learned`): the vector stands in place of the content word.
+- by itself times m (`scaled`, norm mode `multiply`, the default): Lemma 1 says LN(m e + p)
+  forgets p as m grows; or by its own direction at norm m exactly (norm mode `absolute`,
+  row / ||row|| * m, as the DTI authors' notebook does);
+- by a learned embedding (`learned`): the vector stands in place of the content word, as it is
+  (both norm modes).
 
-How tokens are replaced (both cases): for every held-out prompt and every content position j
+Protocol `content` (the default) is described next; protocol `single` follows the authors'
+notebook instead: `SINGLE_DRAWS` inputs, each ONE random vocabulary token in the tokenizer's
+one-token template (BOS/CLS/EOS kept), read at that token's position (see `single_token_inputs`).
+
+How tokens are replaced under `content` (both cases): for every held-out prompt and every content position j
 (not a special token such as BOS/CLS/EOS/SEP, and j < n_positions), one copy of the prompt is run
 with the embedding-table output at j replaced through `geomkit.hooks.inject`; the probe reads
 the site vector at j and must answer j. Accuracy is computed per position and then averaged over
@@ -295,9 +302,90 @@ def evaluate_replaced(
     return macro_accuracy(torch.cat(preds), torch.cat(targets))
 
 
-def scaled_replacement(enc, m: float) -> Callable[[int], torch.Tensor]:
+NORM_MODES = ("multiply", "absolute")
+PROTOCOLS = ("content", "single")
+SINGLE_DRAWS = 1000  # the authors' notebook: 10 batches of 100 random tokens
+
+
+def scale_axis_label(norm_mode: str = "multiply") -> str:
+    """What m means on the x-axis: a factor on the token's own row, or the norm it is set to."""
+    check_choice(norm_mode, NORM_MODES, "--norm-mode")
+    return "scale m (row x m)" if norm_mode == "multiply" else "norm m (||e|| = m)"
+
+
+def check_choice(value: str, choices: Sequence[str], flag: str) -> str:
+    if value not in choices:
+        raise GeomkitError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
+    return value
+
+
+def scaled_replacement(enc, m: float, norm_mode: str = "multiply") -> Callable[[int], torch.Tensor]:
+    """The replaced token's vector (raw-table space, before Gemma's sqrt(d)) for scale m:
+    - `multiply`: its own row times m (norm m * ||row||);
+    - `absolute`: its own direction at norm m exactly (row / ||row|| * m, computed in float64),
+      as the DTI authors' notebook does (`tok_embeds / tok_embeds.norm(...) * target_scale`).
+    An all-zero row has no direction: `absolute` refuses it with one line."""
+    check_choice(norm_mode, NORM_MODES, "--norm-mode")
     table = enc.embedding_table()
-    return lambda token_id: table[token_id].to(torch.float32) * float(m)
+    if norm_mode == "multiply":
+        return lambda token_id: table[token_id].to(torch.float32) * float(m)
+
+    def absolute(token_id: int) -> torch.Tensor:
+        row = table[token_id].to(torch.float64)
+        n = row.norm()
+        if not n > 0:
+            raise GeomkitError(f"token id {token_id} has an all-zero embedding row: it has no direction to set to norm {m} "
+                               "(--norm-mode absolute); use --norm-mode multiply")
+        return (row / n * float(m)).to(torch.float32)
+
+    return absolute
+
+
+@dataclass
+class SingleTokenInputs:
+    """The `single` protocol's inputs: `draws` copies of the model's one-token template
+    (its leading special tokens, ONE random vocabulary token, its trailing special tokens),
+    evaluated at that token's slot only."""
+
+    tok: Tokenized
+    slots: list  # [(row, position)]: one per draw, all at `position`
+    position: int  # the first content position (1 after a BOS/CLS, 0 without one)
+    template: list  # the ids around the slot, the slot as None
+    token_ids: list  # the drawn vocabulary ids, in row order
+    candidates: int  # how many ids could be drawn
+
+
+def single_token_inputs(enc, draws: int = SINGLE_DRAWS, seed: int = 0) -> SingleTokenInputs:
+    """`draws` one-token inputs, each holding a vocabulary id drawn uniformly (with replacement,
+    seeded by `seed`) from the embedding table's rows that are neither the tokenizer's special
+    tokens nor all-zero rows. The template is how the tokenizer wraps a one-token prompt ("a"):
+    CLIP [BOS, x, EOS], BERT [CLS, x, SEP], Gemma [BOS, x]; x sits at the first content position."""
+    from geomkit.probes.prompts import tokenize
+
+    if draws < 1:
+        raise GeomkitError(f"{draws} draws: the single protocol needs at least 1")
+    t = tokenize(enc, ["a"])
+    ids, spec = t.ids[0], t.special[0]
+    content = [i for i, s in enumerate(spec) if not s]
+    if not content:
+        raise GeomkitError(f"{enc.name}: the tokenizer gives no content token for a one-word prompt; the single protocol needs one")
+    j0, j1 = content[0], content[-1]
+    lead, trail = list(ids[:j0]), list(ids[j1 + 1 :])
+    lead_s, trail_s = list(spec[:j0]), list(spec[j1 + 1 :])
+    table = enc.embedding_table()
+    ok = table.detach().to(torch.float32).abs().amax(dim=1) > 0
+    for sid in getattr(enc.tokenizer, "all_special_ids", []) or []:
+        if 0 <= int(sid) < ok.numel():
+            ok[int(sid)] = False
+    cand = ok.nonzero().squeeze(1)
+    if cand.numel() == 0:
+        raise GeomkitError(f"{enc.name}: no non-special, non-zero embedding rows to draw from")
+    gen = torch.Generator().manual_seed(int(seed))
+    picks = cand[torch.randint(cand.numel(), (int(draws),), generator=gen)].tolist()
+    seqs = [lead + [int(x)] + trail for x in picks]
+    special = [lead_s + [False] + trail_s for _ in picks]
+    return SingleTokenInputs(Tokenized(seqs, special), [(r, j0) for r in range(len(picks))], j0,
+                             lead + [None] + trail, picks, int(cand.numel()))
 
 
 def fixed_replacement(vector: torch.Tensor) -> Callable[[int], torch.Tensor]:
@@ -327,15 +415,27 @@ class PositionResult:
     n_heldout_slots: int = 0
     dropped_tokens: int = 0
     mean_vocab_norm: float = float("nan")
+    norm_mode: str = "multiply"
+    protocol: str = "content"
+    single: dict = field(default_factory=dict)  # the single protocol's draws (empty for content)
 
     def results_json(self) -> dict:
-        return {
+        averaging = (
+            "per-position accuracy at content (non-special) tokens of held-out prompts, averaged over positions"
+            if self.protocol == "content" else
+            f"accuracy at position {self.single.get('position')} of {self.single.get('draws')} one-token inputs "
+            "(one random vocabulary token each; see `single`)"
+        )
+        out = {
             "model": self.model,
             "site": self.site,
             "n_positions": self.n_positions,
             "chance": self.chance,
             "baseline_accuracy": self.baseline_accuracy,
+            "norm_mode": self.norm_mode,
+            "protocol": self.protocol,
             "scales": self.scales,
+            "scales_axis": scale_axis_label(self.norm_mode),
             "accuracy": self.accuracy,
             "embeddings": self.embeddings,
             "train_accuracy": self.train_accuracy,
@@ -351,8 +451,11 @@ class PositionResult:
                 "heldout_slots": self.n_heldout_slots,
                 "tokens_beyond_n_positions": self.dropped_tokens,
             },
-            "averaging": "per-position accuracy at content (non-special) tokens of held-out prompts, averaged over positions",
+            "averaging": averaging,
         }
+        if self.protocol == "single":
+            out["single"] = self.single
+        return out
 
 
 def fit_position_probe(enc, train: Tokenized, site: str, *, min_support: int = 5, **train_kw):
@@ -376,19 +479,43 @@ def run_position_probe(
     *,
     probe: Optional[PositionProbe] = None,
     min_support: int = 5,
+    norm_mode: str = "multiply",
+    protocol: str = "content",
+    single_draws: int = SINGLE_DRAWS,
+    single_seed: int = 0,
     **train_kw,
 ) -> tuple[PositionResult, PositionProbe]:
-    """Train (unless `probe` is given), then evaluate the baseline, each scale and each learned
-    embedding ({name: (n_vectors, d) tensor}; each row is placed on its own and the accuracies of
-    the rows are averaged)."""
+    """Train (unless `probe` is given), then evaluate the baseline, each scale (`norm_mode`, see
+    `scaled_replacement`) and each learned embedding ({name: (n_vectors, d) tensor}; each row is
+    placed on its own, as it is, in both norm modes, and the accuracies of the rows are averaged).
+
+    `protocol` says where: `content` (every content position of every held-out prompt, one at a
+    time) or `single` (`single_token_inputs(enc, single_draws, single_seed)`: one random
+    vocabulary token at the first content position of the tokenizer's one-token template)."""
     from geomkit.geometry import norm_stats, row_norms
 
+    check_choice(norm_mode, NORM_MODES, "--norm-mode")
+    check_choice(protocol, PROTOCOLS, "--protocol")
     dropped, train_acc = 0, float("nan")
     if probe is None:
         probe, _, dropped, train_acc = fit_position_probe(enc, train, site, min_support=min_support, **train_kw)
     n_pos = probe.n_positions
-    slots = content_slots(heldout, n_pos)
-    base = evaluate_replaced(enc, probe, heldout, site, None, slots=slots)
+    single_info: dict = {}
+    if protocol == "content":
+        evaluated, slots = heldout, content_slots(heldout, n_pos)
+    else:
+        single = single_token_inputs(enc, single_draws, single_seed)
+        if single.position >= n_pos:
+            raise GeomkitError(f"--protocol single: the probe knows positions 0..{n_pos - 1}, not {single.position}")
+        evaluated, slots = single.tok, single.slots
+        single_info = {
+            "draws": len(single.token_ids), "seed": int(single_seed), "position": single.position,
+            "template": single.template, "candidates": single.candidates, "token_ids": single.token_ids,
+            "how": "each input is the tokenizer's one-token template (its special tokens kept) with one vocabulary id "
+                   "drawn uniformly with replacement from the rows that are neither special tokens nor all zero; "
+                   "the probe is read at that token's position only",
+        }
+    base = evaluate_replaced(enc, probe, evaluated, site, None, slots=slots)
     hf = site_features(enc, heldout, site)
     keep = hf.position < n_pos
     all_tok = macro_accuracy(probe.predict(hf.x[keep]), hf.position[keep])
@@ -396,13 +523,13 @@ def run_position_probe(
     from geomkit.report import progress
 
     for m in progress(scales, desc="probing the scaled tokens", unit="scale"):
-        a = evaluate_replaced(enc, probe, heldout, site, scaled_replacement(enc, m), slots=slots)
+        a = evaluate_replaced(enc, probe, evaluated, site, scaled_replacement(enc, m, norm_mode), slots=slots)
         accs.append(a.accuracy)
         per[repr(float(m))] = a.per_position
     mean_norm = norm_stats(row_norms(enc.embedding_table()))["mean"]
     emb, ratio = {}, {}
     for name, vectors in (learned or {}).items():
-        vals = [evaluate_replaced(enc, probe, heldout, site, fixed_replacement(v), slots=slots).accuracy for v in vectors]
+        vals = [evaluate_replaced(enc, probe, evaluated, site, fixed_replacement(v), slots=slots).accuracy for v in vectors]
         emb[name] = sum(vals) / len(vals)
         ratio[name] = float(vectors.double().norm(dim=-1).mean()) / mean_norm
     result = PositionResult(
@@ -425,5 +552,8 @@ def run_position_probe(
         n_heldout_slots=len(slots),
         dropped_tokens=dropped,
         mean_vocab_norm=mean_norm,
+        norm_mode=norm_mode,
+        protocol=protocol,
+        single=single_info,
     )
     return result, probe
