@@ -33,7 +33,8 @@ def rng(s: dict, spec=".2f", pct=False) -> str:
     """'mean (min-max, n=N)' of a `reproduce_seeds.stat` dict."""
     if not s or not s.get("n"):
         return "n/a"
-    f = (lambda v: f"{v:.{spec}%}") if pct else (lambda v: format(v, spec))  # noqa: E731
+    spec = spec.rstrip("f") + "%" if pct else spec
+    f = (lambda v: format(v, spec))  # noqa: E731
     if s["n"] == 1:
         return f"{f(s['mean'])} (n=1)"
     return f"{f(s['mean'])} ({f(s['min'])} to {f(s['max'])}, n={s['n']})"
@@ -114,12 +115,13 @@ def norm_claims(root, r, seeds) -> None:
               f"TI {rng(by['ti']['related_cosine'])}, DTI {rng(by['dti']['related_cosine'])}")
         prior = pa["cos_to_prior_dti_minus_dti_kappa0"]
         v = grade("prior_pull", _pvals(res, "cos_to_prior_dti_minus_dti_kappa0"))
-        why = ("the step cap, not the prior, keeps DTI near its start: with kappa 0 it stays as near"
-               if v == "no" else "the prior adds to the step cap")
+        if v == "no":
+            v = "no: kappa 0 ends as near the class word, so the atan(lr) cap on each step, not the prior, keeps DTI near its start"
         r.add("Sec. 3: the vMF prior (kappa 1e-4) keeps DTI near the class word", "DTI stays near its prior", model,
               f"cosine to the prior word: DTI {rng(by['dti']['cos_to_prior'], '.3f')}, DTI kappa 0 {rng(by['dti-kappa0']['cos_to_prior'], '.3f')}, "
-              f"TI {rng(by['ti']['cos_to_prior'], '.3f')}; DTI - kappa 0 per run {rng(prior, '.4f')}: {why}", v, "trained-seeds",
-              short=f"{v}: cosine to prior DTI {rng(by['dti']['cos_to_prior'], '.3f')} vs kappa 0 {rng(by['dti-kappa0']['cos_to_prior'], '.3f')}")
+              f"TI {rng(by['ti']['cos_to_prior'], '.3f')}; DTI - kappa 0 per run {rng(prior, '.1e')}", v, "trained-seeds",
+              short=f"{v.split(':')[0]}: cosine to the class word DTI {rng(by['dti']['cos_to_prior'], '.3f')}, kappa 0 "
+                    f"{rng(by['dti-kappa0']['cos_to_prior'], '.3f')} (difference {rng(prior, '.1e')}), TI {rng(by['ti']['cos_to_prior'], '.2f')}")
 
 
 def _vals(res, method, metric) -> list:
@@ -159,10 +161,13 @@ def position_claims(root, r, seeds) -> None:
         acc = dict(zip(pp["scales"], pp["accuracy"]))
         bad = probe_inconclusive(pp)
         v = bad.split(":")[0] if bad else grade("probe_baseline", [base])
+        study = _load(root, model, "probe-study")
+        tried = (f"; best of {len(study['rows'])} probe settings tried: {study['best']['heldout_clean_accuracy']:.1%} held out "
+                 f"({study['best']['site']}, {study['best']['setting']})") if study else ""
         r.add("Fig. 2: the probe recovers position on normal inputs", "100%", model,
               f"{base:.1%} held out at {site} ({pp.get('train_accuracy', float('nan')):.1%} on training prompts; chance "
-              f"{pp['chance']:.1%}, {pp['n_positions']} positions)", v, "probe-position",
-              short=f"{v}: {base:.1%} held out (train {pp.get('train_accuracy', float('nan')):.1%}, chance {pp['chance']:.1%})")
+              f"{pp['chance']:.1%}, {pp['n_positions']} positions){tried}", v, "probe-position",
+              short=f"{v}: {base:.1%} held out (train {pp.get('train_accuracy', float('nan')):.1%}, chance {pp['chance']:.1%}){tried}")
         top = max(acc)
         ratio = acc[top] / base if base else None
         curve = ", ".join(f"m={m:g}: {a:.0%}" for m, a in acc.items())
@@ -190,14 +195,19 @@ def position_claims(root, r, seeds) -> None:
         v = "inconclusive" if bad else grade("position_kept", _pvals(res, "position_dti_minus_ti"))
         norm_part = pa["position_ti_rescaled_minus_ti"]
         dir_part = pa["position_dti_minus_ti_rescaled"]
+        total = pa["position_dti_minus_ti"]
+        if not bad and norm_part["n"] and total["mean"]:
+            share = norm_part["mean"] / total["mean"]
+            v += (f"; the controls put {share:.0%} of it on the norm (TI's own direction at m* is read "
+                  f"{by['ti-rescaled']['position_accuracy']['mean']:.0%})")
         r.add("Fig. 2: TI tokens lose position, DTI tokens keep it", "TI near 0%, DTI recoverable", model,
               f"accuracy at the token's position: TI {rng(by['ti']['position_accuracy'], '.1f', pct=True)} "
-              f"(norm {rng(by['ti']['norm_ratio'], '.1f')}x m*), DTI {rng(by['dti']['position_accuracy'], '.1f', pct=True)}; "
+              f"(at {by['ti']['norm_ratio']['mean']:.1f}x m*), DTI {rng(by['dti']['position_accuracy'], '.1f', pct=True)}; "
               f"controls: the TI direction at m* (ti-rescaled) {rng(by['ti-rescaled']['position_accuracy'], '.1f', pct=True)}, "
               f"so rescaling alone recovers {rng(norm_part, '.1f', pct=True)} and DTI's own direction adds "
               f"{rng(dir_part, '.1f', pct=True)}; words {pp['baseline_accuracy']:.1%}, chance {pp['chance']:.1%}",
               v, "trained-seeds",
-              short=f"{v}: TI {rng(by['ti']['position_accuracy'], '.0f', pct=True)}, DTI {rng(by['dti']['position_accuracy'], '.0f', pct=True)}; "
+              short=f"{v.split(';')[0]}: TI {rng(by['ti']['position_accuracy'], '.0f', pct=True)}, DTI {rng(by['dti']['position_accuracy'], '.0f', pct=True)}; "
                     f"TI rescaled to m* {rng(by['ti-rescaled']['position_accuracy'], '.0f', pct=True)}")
 
 
@@ -240,15 +250,21 @@ def angle_claims(root, r, seeds) -> None:
         by, pa = s["by_method"], s["paired"]
         v = grade("angle_ratio", _pvals(res, "angle_dti_over_ti"))
         norm_part, dir_part = pa["angle_ti_rescaled_over_ti"], pa["angle_dti_over_ti_rescaled"]
+        if v != "no" and norm_part["n"] and dir_part["n"]:
+            if norm_part["mean"] >= pa["angle_dti_over_ti"]["mean"]:
+                v += (f"; the controls put it on the norm: TI's own direction at m* turns {norm_part['mean']:.2f}x TI, "
+                      f"as much as DTI or more (DTI / rescaled TI {dir_part['mean']:.2f})")
+            else:
+                v += f"; the norm accounts for {norm_part['mean']:.2f}x of it, DTI's direction for {dir_part['mean']:.2f}x"
         if norm_part["n"] and dir_part["n"]:
             attrib = (f"controls: the TI direction at m* turns {rng(norm_part)}x TI's (the norm's share), DTI turns "
                       f"{rng(dir_part)}x the rescaled TI (the direction's share); kappa 0 / DTI {rng(pa['angle_dti_kappa0_over_dti'])}")
         else:
             attrib = ""
         r.add("Effect II: DTI tokens turn more per block than TI tokens", "TI 21.33 deg, DTI 33.52 deg (1.57x)", model,
-              f"mean per-block angle: TI {rng(by['ti']['angle_deg'], '.1f')} deg (norm {rng(by['ti']['norm_ratio'], '.1f')}x m*), "
+              f"mean per-block angle: TI {rng(by['ti']['angle_deg'], '.1f')} deg (at {by['ti']['norm_ratio']['mean']:.1f}x m*), "
               f"DTI {rng(by['dti']['angle_deg'], '.1f')} deg; DTI / TI per run {rng(pa['angle_dti_over_ti'])}; {attrib}", v,
-              "trained-seeds", short=f"{v}: DTI / TI {rng(pa['angle_dti_over_ti'])}; TI rescaled to m* / TI {rng(norm_part)}")
+              "trained-seeds", short=f"{v.split(';')[0]}: DTI / TI {rng(pa['angle_dti_over_ti'])}; TI rescaled to m* / TI {rng(norm_part)}")
 
 
 # ---- Lemma 2 and Lemma 1 -----------------------------------------------------------------------------
@@ -312,19 +328,29 @@ def lemma_claims(root, r) -> None:
 # ---- Sec. 4.5: interpolation ---------------------------------------------------------------------------
 def interpolation_claims(root, r) -> None:
     """Slerp's norm is linear in the ratio by construction (`geometry.slerp`), so two DTI tokens'
-    interpolants sit at m*; what can fail is how their neighbours move."""
-    res = _load(root, "whisper-tiny-en", "interpolate-dti")
-    if not res or "smoothness" not in res:
+    interpolants sit at m*; what can fail is how their neighbours move: a clean handover has each
+    top-1 neighbour on one stretch of the path (changes = distinct top-1 tokens - 1) and an angle
+    to A that only grows."""
+    from geomkit.reproduce_seeds import PAIRS_INTERP
+
+    model = "whisper-tiny-en"
+    paths, extra, dev = [], [], 0.0
+    for a, b in PAIRS_INTERP:
+        res = _load(root, model, f"interpolate-dti/{a}-{b}")
+        if not res or "smoothness" not in res:
+            continue
+        sm = res["smoothness"]["embedding"]
+        dev = max([dev] + [abs(x[0] - 1) for x in res["norm_over_m_star"]])
+        extra.append(sm["top1_changes"] - (sm["distinct_top1"] - 1) + (0 if sm["angle_to_a_monotonic"] else 1))
+        paths.append(f"{a} to {b} ({res['angle_ab_deg'][0]:.0f} deg apart): {' -> '.join(x.strip() for x in sm['top1_sequence'])}"
+                     f" ({sm['top1_changes']} change(s)), top-10 overlap of neighbouring ratios {sm['jaccard_min']:.2f} to 1")
+    if not paths:
         return
-    sm = res["smoothness"]
-    dev = sm.get("max_norm_deviation_from_m_star")
-    text = (f"two DTI tokens {res.get('angle_ab_deg', [float('nan')])[0]:.1f} deg apart, {len(res['ratios'])} ratios: "
-            f"top-10 overlap of consecutive interpolants mean {sm['jaccard_mean']:.2f} (min {sm['jaccard_min']:.2f}); "
-            f"{sm['top1_changes']} top-1 changes through {sm['distinct_top1']} tokens; angle to A monotone: "
-            f"{sm['angle_monotone']}; on the sphere by construction (largest |norm/m* - 1| {_fmt(dev, '.1e')})")
-    v = grade("interp_smooth", [sm["jaccard_min"]])
-    r.add("Sec. 4.5: slerp between DTI tokens moves smoothly through meaning", "qualitative (Fig. 4)", "whisper-tiny-en",
-          text, v, "interpolate-dti", short=f"{v}: consecutive top-10 overlap {sm['jaccard_mean']:.2f} (min {sm['jaccard_min']:.2f})")
+    v = grade("interp_handover", extra)
+    r.add("Sec. 4.5: slerp between DTI tokens hands meaning over smoothly", "qualitative (Fig. 4)", model,
+          f"{len(paths)} pairs of seed-1 DTI tokens, 11 ratios: " + "; ".join(paths)
+          + f". Norm/m* stays 1 by construction (largest deviation {dev:.1e})", v, "interpolate-dti",
+          short=f"{v}: top-1 neighbour: " + "; ".join(p.split(": ")[1].split(" (")[0] for p in paths))
 
 
 # ---- the README's findings table ----------------------------------------------------------------------

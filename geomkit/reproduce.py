@@ -149,6 +149,13 @@ def plan(root: Path, quick: bool) -> list[Step]:
         if gemma:
             probe += ["--site", GEMMA_SITE]
         steps.append(Step("probe-position", model, probe, figure="position_probe.png"))
+        # Fig. 2 as the DTI authors' notebook runs it (the token set to norm m; one random token per
+        # input), read by the same probe, beside geomkit's own protocol
+        authors = ["probe-position", "--model", model, "--scales", s["scales"], "--norm-mode", "absolute", "--protocol", "single",
+                   "--load-probe", str(root / model / "probe-position" / "probe")]
+        if gemma:
+            authors += ["--site", GEMMA_SITE]
+        steps.append(Step("probe-position-authors", model, authors, figure="position_probe.png"))
         angles = ["residual-angles", "--model", model, "--scales", s["scales"], "--words", s["words"], *emb]
         if s["templates"] != "0":
             angles += ["--max-prompts", s["templates"]]
@@ -167,7 +174,7 @@ def seed_steps(root: Path, quick: bool) -> list[Step]:
     call per model over all of them (see `geomkit.reproduce_seeds`)."""
     from geomkit import reproduce_seeds as rs
 
-    return rs.training_steps(root, quick, Step) + rs.measure_steps(root, quick, Step)
+    return rs.training_steps(root, quick, Step) + rs.measure_steps(root, quick, Step) + rs.interpolation_steps(root, quick, Step)
 
 
 STOPPED_CODES = (130, 143)  # a step stopped by Ctrl-C / SIGTERM, as the shell reports them
@@ -308,6 +315,9 @@ def write_report(root: Path, figures: Path, steps: list[Step], status: list[dict
         if seeds is not None:
             write_json(root / model / rs.FOLDER / "results.json", seeds)
             save_figure(figures / f"trained-seeds-{model}.png", rs.figure(seeds))
+    study = root / "gemma3-270m" / "probe-study" / "study.png"  # benchmarks/study_gemma_probe.py made it
+    if study.exists():
+        shutil.copyfile(study, figures / "probe-study-gemma3-270m.png")
     rows = claims(root)
     commands = {(st.name, st.model): command_line(st) for st in steps}
     table = [{"claim": r["claim"], "paper": r["paper"], "model": r["model"], "geomkit": r["geomkit"], "agrees": r["agrees"],

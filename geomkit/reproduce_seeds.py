@@ -113,6 +113,26 @@ def measure_steps(root, quick: bool, step_cls, probe_models=("whisper-tiny-en",)
     return steps
 
 
+# DTI-DTI interpolation (Sec. 4.5): slerp between the seed-1 DTI tokens of two concepts
+PAIRS_INTERP = (("glimmerfox", "emberkettle"), ("emberkettle", "hollowmere"), ("glimmerfox", "hollowmere"))
+RATIOS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
+
+
+def interpolation_steps(root, quick: bool, step_cls) -> list:
+    """`interpolate --neighbors` between DTI tokens of different concepts on Whisper: both ends sit
+    at m*, so slerp keeps every interpolant there by construction; what can fail is how the
+    cosine neighbours move along the path."""
+    model = "whisper-tiny-en"
+    concepts = PLANS[model]["quick" if quick else "full"][0]
+    steps = []
+    for a, b in PAIRS_INTERP:
+        if a in concepts and b in concepts:
+            fa, fb = (str(root / model / run_name(c, 1, "dti") / "learned_embeds.safetensors") for c in (a, b))
+            steps.append(step_cls(f"interpolate-dti/{a}-{b}", model, ["interpolate", fa, fb, "--mode", "slerp", "--ratios", RATIOS,
+                                                                       "--neighbors", "10", "--model", model]))
+    return steps
+
+
 # ---- the summary (pure: results dicts in, rows and statistics out) ------------------------------
 def _labels(files: list) -> list:
     """The display label `residual-angles` / `probe-position` give each file (same rule, same order)."""
@@ -245,7 +265,7 @@ def collect(root, model: str, quick: bool) -> Optional[dict]:
 
 # ---- the figure ------------------------------------------------------------------------------------
 COLORS = {"ti": "C1", "ti-rescaled": "C2", "dti": "C0", "dti-kappa0": "C9"}
-PANELS = (("norm_ratio", "norm / m*", True), ("angle_deg", "mean per-block angle (deg)", False),
+PANELS = (("norm_ratio", "norm / m* (dotted: m*)", True), ("angle_deg", "mean per-block angle (deg)", False),
           ("position_accuracy", "position-probe accuracy at the token", False))
 
 
@@ -255,8 +275,9 @@ def figure(res: dict):
     from geomkit.report import figure as new_figure
 
     panels = [p for p in PANELS if any(r[p[0]] is not None for r in res["runs"])]
-    fig, axes = new_figure(4.0 * len(panels), 3.8)
-    axes = list(axes) if len(panels) > 1 else [axes]
+    fig, first = new_figure(4.0 * len(panels), 3.8)  # the Agg backend, then one panel per quantity
+    fig.delaxes(first)
+    axes = list(fig.subplots(1, len(panels), squeeze=False)[0])
     concepts = res["summary"]["concepts"]
     markers = dict(zip(concepts, "osD^v"))
     for ax, (key, label, log) in zip(axes, panels):
@@ -271,9 +292,9 @@ def figure(res: dict):
                         linestyle="none", markersize=4)
         ax.set_xticks(range(len(METHODS)), METHODS, rotation=20)
         ax.set_ylabel(label)
-        if log:
-            ax.set_yscale("log")
+        if log:  # the norm panel: m* as the reference line, from 0 so ratios read as lengths
             ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+            ax.set_ylim(bottom=0)
         if key == "position_accuracy":
             ax.set_ylim(-0.03, 1.05)
     for c, mk in markers.items():

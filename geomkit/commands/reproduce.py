@@ -6,11 +6,13 @@ NAME = "reproduce"
 ORDER = 90
 HELP = "re-measure the paper's claims on the real models: figures/, probes/ and figures/REPORT.md"
 DESCRIPTION = (
-    "Runs neighbors, norms, probe-position, residual-angles and attenuation on gemma3-270m, minilm-l6 and "
-    "whisper-tiny-en, trains TI and DTI tokens on Gemma with the LM objective and interpolates them, trains TI, DTI and a high-lr TI "
-    "on the Whisper decoder (and a high-lr TI on Gemma; not with --quick) and measures their per-block angles, "
-    "position probe and neighbours, then writes "
-    "figures/REPORT.md: claim, the paper's number, geomkit's number per model, agreement. Finished steps are reused."
+    "Runs neighbors, norms, probe-position (geomkit's protocol and the DTI authors'), residual-angles and attenuation on "
+    "gemma3-270m, minilm-l6 and whisper-tiny-en; trains TI and DTI tokens with the LM objective (Gemma, and Whisper with a "
+    "high-lr TI); then the seeds experiment: on Whisper 3 concepts x 3 seeds and on Gemma 3 seeds, each with TI, its "
+    "rescaled-to-m* control, DTI and DTI with kappa 0, measured by one residual-angles and one position-probe call, summarised "
+    "in probes/<model>/trained-seeds/results.json; slerp between DTI tokens with their neighbours; the inspect examples. "
+    "Writes figures/REPORT.md (claim, the paper's number, geomkit's with n and range, a verdict by one rule) and "
+    "figures/claims.json. Finished steps are reused; --quick runs a small version."
 )
 
 
