@@ -147,8 +147,10 @@ def probe_inconclusive(pp: dict) -> Optional[str]:
     """Why a position probe's readings cannot carry a verdict (it does not read position on clean
     held-out prompts), or None."""
     if pp["baseline_accuracy"] < 0.5:
-        return (f"inconclusive: the probe reads {pp.get('train_accuracy', float('nan')):.1%} of training prompts but "
-                f"{pp['baseline_accuracy']:.1%} of clean held-out ones (chance {pp['chance']:.1%}), so it has not learned position")
+        train = pp.get("train_accuracy")
+        fit = f"reads {train:.1%} of training prompts but " if train is not None else "reads "
+        return (f"inconclusive: the probe {fit}{pp['baseline_accuracy']:.1%} of clean held-out inputs (chance "
+                f"{pp['chance']:.1%}), so it has not learned position")
     return None
 
 
@@ -165,9 +167,9 @@ def position_claims(root, r, seeds) -> None:
         tried = (f"; best of {len(study['rows'])} probe settings tried: {study['best']['heldout_clean_accuracy']:.1%} held out "
                  f"({study['best']['site']}, {study['best']['setting']})") if study else ""
         r.add("Fig. 2: the probe recovers position on normal inputs", "100%", model,
-              f"{base:.1%} held out at {site} ({pp.get('train_accuracy', float('nan')):.1%} on training prompts; chance "
+              f"{base:.1%} held out at {site} ({_fmt(pp.get('train_accuracy'), '.1%')} on training prompts; chance "
               f"{pp['chance']:.1%}, {pp['n_positions']} positions){tried}", v, "probe-position",
-              short=f"{v}: {base:.1%} held out (train {pp.get('train_accuracy', float('nan')):.1%}, chance {pp['chance']:.1%}){tried}")
+              short=f"{v}: {base:.1%} held out (train {_fmt(pp.get('train_accuracy'), '.1%')}, chance {pp['chance']:.1%}){tried}")
         top = max(acc)
         ratio = acc[top] / base if base else None
         curve = ", ".join(f"m={m:g}: {a:.0%}" for m, a in acc.items())
@@ -256,6 +258,9 @@ def angle_claims(root, r, seeds) -> None:
                       f"as much as DTI or more (DTI / rescaled TI {dir_part['mean']:.2f})")
             else:
                 v += f"; the norm accounts for {norm_part['mean']:.2f}x of it, DTI's direction for {dir_part['mean']:.2f}x"
+        elif norm_part["n"]:
+            v += (f"; TI rescaled to m* turns {norm_part['mean']:.2f}x TI, so at {by['ti']['norm_ratio']['mean']:.1f}x m* "
+                  "the norm does not set the angle here")
         if norm_part["n"] and dir_part["n"]:
             attrib = (f"controls: the TI direction at m* turns {rng(norm_part)}x TI's (the norm's share), DTI turns "
                       f"{rng(dir_part)}x the rescaled TI (the direction's share); kappa 0 / DTI {rng(pa['angle_dti_kappa0_over_dti'])}")
@@ -299,6 +304,8 @@ def lemma2_text(ra: dict) -> tuple[str, str]:
         verdict = f"no: the bound from the weights is exceeded {viol_a} times"
     else:
         verdict = f"yes where testable ({share_a:.1%} of measurements)"
+        if viol_v:
+            verdict += f"; the vocabulary-scale B is exceeded {viol_v} times ({where}), so B grows with the token's norm"
     return text, verdict
 
 

@@ -273,7 +273,8 @@ def trained_norms_figure(root: Path, model: str):
 
     series = []  # (label, color, style, [(steps, norms)], lr, batch)
     for key, color, name in (("ti-rescaled", "C1", "TI"), ("dti", "C0", "DTI")):  # a ti-rescaled run logs TI's norm
-        curves = [log(rs.run_name(c, s, t)) for c, s, t in rs.runs(model, quick=False) + rs.runs(model, quick=True) if t == key]
+        names = dict.fromkeys(rs.run_name(c, s, t) for c, s, t in rs.runs(model, quick=False) + rs.runs(model, quick=True) if t == key)
+        curves = [log(n) for n in names]  # the quick plan's runs are some of the full plan's
         curves = [c for c in curves if c]
         if curves:
             series.append((f"{name}, {len(curves)} runs (concepts x seeds)", color, "-", curves))
@@ -320,8 +321,19 @@ def write_report(root: Path, figures: Path, steps: list[Step], status: list[dict
         shutil.copyfile(study, figures / "probe-study-gemma3-270m.png")
     rows = claims(root)
     commands = {(st.name, st.model): command_line(st) for st in steps}
+    many = {"trained-seeds": "the `geomkit train` runs in `{root}/{model}/trained-seeds/*/` (each command in its step.json), "
+                             "measured by the steps `trained-seeds/angles` and `trained-seeds/probe`",
+            "interpolate-dti": "`geomkit interpolate ... --neighbors 10 --model {model}` in `{root}/{model}/interpolate-dti/*/` "
+                               "(each command in its step.json)"}
+
+    def command(r):
+        step = r["step"].split(",")[0]
+        if step in many:
+            return many[step].format(root=root, model=r["model"])
+        return f"`{commands.get((step, r['model']), step)}`"
+
     table = [{"claim": r["claim"], "paper": r["paper"], "model": r["model"], "geomkit": r["geomkit"], "agrees": r["agrees"],
-              "command": f"`{commands.get((r['step'].split(',')[0], r['model']), r['step'])}`"} for r in rows]
+              "command": command(r)} for r in rows]
     figs = sorted(p.name for p in figures.glob("*.png"))
     text = [
         "# geomkit reproduction report",

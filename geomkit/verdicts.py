@@ -41,7 +41,7 @@ RULES = {
     "probe_collapse": Rule("accuracy at the largest m / accuracy at m = 1", "below", 0.5, 0.8),
     "position_kept": Rule("position accuracy, DTI minus TI (fraction)", "above", 0.05, 0.0),
     "angle_shrinks": Rule("per-block angle of scaled words, at the largest m / at m = 1", "below", 0.5, 0.9),
-    "angle_ratio": Rule("per-block angle, DTI / TI", "above", 1.05, 1.0),
+    "angle_ratio": Rule("per-block angle, DTI / TI", "above", 1.05, 1.025),
     "lemma1_slope": Rule("|log-log slope + 1|", "below", 0.1, 0.25),
     "prior_pull": Rule("cosine to the prior word, DTI minus DTI with kappa 0", "above", 0.01, 0.001),
     "interp_handover": Rule("top-1 changes beyond one per distinct top-1 neighbour, plus 1 if the angle to A ever falls",
