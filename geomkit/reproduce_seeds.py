@@ -7,7 +7,8 @@ each (concept, seed) trains three tokens on the LM objective:
   the plain TI token, the same trajectory as `--method ti`, and `learned_embeds` is that token set
   to norm m*): the **norm control**, TI's direction at the vocabulary's norm;
 - `dti` (kappa 1e-4, the paper's setting);
-- `dti-kappa0` (kappa 0): the **prior control**, telling the vMF pull from the atan(lr) step cap.
+- `dti-kappa0` (kappa 0): the **prior control**, showing what the vMF pull adds to the same
+  Riemannian steps.
 
 The seed changes the order of the training sentences (the init word fixes the start). All runs
 of a model are measured together by one `residual-angles` and one `probe-position` call, and
@@ -156,7 +157,9 @@ def stat(values) -> dict:
 
 def run_rows(measured: list, labels: list, train_results: dict, angles: Optional[dict], probe: Optional[dict]) -> list:
     """One row per measured token: (concept, seed, method, file) from `measured`, its label in
-    the measurement outputs, the training run's results (`train_results[(concept, seed, training)]`)."""
+    the measurement outputs, the training run's results (`train_results[(concept, seed, training)]`).
+    cos_to_prior, related_cosine and angle_from_init_deg depend on the direction only, so a TI
+    token and its rescaled copy share them; the rescaled copy's loss was never measured (null)."""
     angle_of = {}
     if angles:
         angle_of = {r["concept"]: r["mean_angle_deg"] for r in angles["rows"] if r["scale"] is None}
@@ -177,7 +180,9 @@ def run_rows(measured: list, labels: list, train_results: dict, angles: Optional
             "cos_to_prior": tr.get("cos_to_prior"),
             "angle_from_init_deg": tr.get("angle_from_init_deg"),
             "related_cosine": _mean(drift.values()) if drift else None,
-            "final_loss_mean10": tr.get("final_loss_mean10"),
+            # a ti-rescaled token was never trained at m*: its loss is TI's, not its own (not measured)
+            "final_loss_mean10": None if method == "ti-rescaled" else tr.get("final_loss_mean10"),
+            "kappa": tr.get("kappa") if training != "ti-rescaled" else None,
             "label": label,
             "file": f,
         })
@@ -229,7 +234,7 @@ def summarise(rows: list) -> dict:
         "concepts": sorted({r["concept"] for r in rows}),
         "seeds": sorted({r["seed"] for r in rows}),
         "steps": sorted({r["steps"] for r in rows if r["steps"] is not None}),
-        "n_runs": len(keys),
+        "n_pairs": len(keys),  # (concept, seed) pairs; each trained three runs and gives four tokens
         "by_method": by_method,
         "paired": paired,
     }
@@ -279,7 +284,7 @@ def figure(res: dict):
     fig.delaxes(first)
     axes = list(fig.subplots(1, len(panels), squeeze=False)[0])
     concepts = res["summary"]["concepts"]
-    markers = dict(zip(concepts, "osD^v"))
+    markers = {c: "osD^v<>ph*"[i % 10] for i, c in enumerate(concepts)}
     for ax, (key, label, log) in zip(axes, panels):
         for i, m in enumerate(METHODS):
             vals = [(r["concept"], r[key]) for r in res["runs"] if r["method"] == m and r[key] is not None]

@@ -9,7 +9,9 @@ measurement is a list of one). Each claim names two thresholds on the side the p
 
 The thresholds live in `RULES`, once, and apply to every model alike; REPORT.md prints the table.
 A verdict that cannot fail (a bound that is 180 deg wherever it is evaluated, a property that
-holds by construction) is not graded: the caller says "untestable" and why.
+holds by construction) is not graded: the caller says "untestable" or "n/a" and why. The
+thresholds say whether an effect is there, not whether it is as large as the paper's CLIP/SDXL
+number, which each report row shows beside geomkit's.
 """
 
 from __future__ import annotations
@@ -34,18 +36,16 @@ class Rule:
 
 
 RULES = {
-    "table1": Rule("share of a word's top-10 cosine neighbours that are also its Euclidean ones", "below", 0.25, 0.75),
+    "table1": Rule("share of a word's top-10 cosine neighbours that are also its Euclidean ones", "below", 0.25, 0.5),
     "norm_inflation": Rule("TI norm / m*", "above", 3.0, 1.2),
     "drift": Rule("mean cosine to the concept's related words, DTI minus TI", "above", 0.05, 0.0),
     "probe_baseline": Rule("position-probe accuracy on clean held-out prompts", "above", 0.95, 0.5),
-    "probe_collapse": Rule("accuracy at the largest m / accuracy at m = 1", "below", 0.5, 0.8),
+    "probe_collapse": Rule("accuracy at the largest m / accuracy on clean inputs", "below", 0.5, 0.8),
     "position_kept": Rule("position accuracy, DTI minus TI (fraction)", "above", 0.05, 0.0),
     "angle_shrinks": Rule("per-block angle of scaled words, at the largest m / at m = 1", "below", 0.5, 0.9),
     "angle_ratio": Rule("per-block angle, DTI / TI", "above", 1.05, 1.025),
     "lemma1_slope": Rule("|log-log slope + 1|", "below", 0.1, 0.25),
     "prior_pull": Rule("cosine to the prior word, DTI minus DTI with kappa 0", "above", 0.01, 0.001),
-    "interp_handover": Rule("top-1 changes beyond one per distinct top-1 neighbour, plus 1 if the angle to A ever falls",
-                            "below", 0.5, 1.0),
 }
 
 

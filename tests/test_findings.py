@@ -36,7 +36,7 @@ def _rows():
 
 def test_seed_summary_statistics_and_pairs():
     s = rs.summarise(_rows())
-    assert s["n_runs"] == 4 and s["concepts"] == ["a", "b"] and s["seeds"] == [1, 2]
+    assert s["n_pairs"] == 4 and s["concepts"] == ["a", "b"] and s["seeds"] == [1, 2]
     assert s["by_method"]["ti"]["norm_ratio"] == {"mean": 4.0, "min": 4.0, "max": 4.0, "n": 4}
     p = s["paired"]["angle_ti_rescaled_over_ti"]
     assert p["n"] == 4 and p["min"] == pytest.approx(51 / 40) and p["max"] == pytest.approx(52 / 40)
@@ -52,9 +52,11 @@ def test_lemma2_never_yes_on_a_bound_that_cannot_fail():
     g = {"concept": "<vocabulary>", "scale": 1.0, "n_measurements": 100, "violations_vocab": 3, "violations_analytic": 0,
          "nonvacuous_analytic_fraction": 0.0, "nonvacuous_vocab_fraction": 0.4}
     text, verdict = findings.lemma2_text({"prenorm": True, "by_scale": [g]})
-    assert verdict.startswith("untestable") and "exceeded 3 times" in text
+    assert verdict.startswith("untestable") and "exceeded 3 times" in text and "3 exceedances" in verdict
+    # informative somewhere: still a true sup, so 0 violations check the code and are never a "yes"
     g2 = dict(g, nonvacuous_analytic_fraction=0.25)
-    assert findings.lemma2_text({"prenorm": True, "by_scale": [g2]})[1].startswith("yes where testable (25.0%")
+    v2 = findings.lemma2_text({"prenorm": True, "by_scale": [g2]})[1]
+    assert v2.startswith("n/a (holds by construction") and "25.0%" in v2
     assert findings.lemma2_text({"prenorm": True, "by_scale": [dict(g2, violations_analytic=2)]})[1].startswith("no")
     assert findings.lemma2_text({"prenorm": False, "by_scale": [g]})[1] == "n/a (post-norm)"
 

@@ -245,6 +245,10 @@ def test_norm_histogram_zooms_on_a_narrow_vocabulary():
 
 
 def test_residual_angles_figure_tells_scales_tokens_and_bounds_apart():
+    """Each panel (angles on the left, their Lemma 2 bounds on the right; scales split so a panel
+    holds at most ~5 lines, learned tokens in their own row) gives every line its own colour and
+    marker, and every bound line a legend entry naming its scale. tests/test_figures.py checks
+    the layout rules themselves."""
     from matplotlib.colors import to_hex
 
     from geomkit.commands.residual_angles import plot
@@ -254,18 +258,20 @@ def test_residual_angles_figure_tells_scales_tokens_and_bounds_apart():
                "bound_vocab_deg": [90.0 - i] * blocks} for i, m in enumerate([0.5, 1, 2, 4, 8, 16])]
     groups += [{"concept": c, "scale": None, "mean_angle_deg": 20.0, "per_block_deg": [20.0] * blocks}
                for c in ("<t> (train-ti)", "<t> (train-dti)")]
-    fig = plot({"n_blocks": blocks, "by_scale": groups}, "t")
-    angles, bounds = fig.axes
-    lines = angles.get_lines()
-    colors = [to_hex(ln.get_color()) for ln in lines]
-    assert len(set(colors)) == len(lines)  # every scale and token its own colour
-    assert len({ln.get_marker() for ln in lines[:6]}) == 6  # and its own marker
-    ti, dti = lines[6], lines[7]
-    assert ti.get_linestyle() != dti.get_linestyle() and ti.get_marker() != dti.get_marker()
-    assert len(angles.get_legend().get_texts()) == 8
-    bound_labels = [t.get_text() for t in bounds.get_legend().get_texts()]
-    assert bound_labels == [f"bound for m = {m:g}" for m in [0.5, 1, 2, 4, 8, 16]]  # one entry per bound
-    assert [to_hex(ln.get_color()) for ln in bounds.get_lines()] == colors[:6]
+    fig = plot({"n_blocks": blocks, "by_scale": groups, "prenorm": True}, "t")
+    angle_axes = fig.axes[0::2]
+    bound_axes = fig.axes[1::2]
+    scales_seen = []
+    for ax in angle_axes:
+        lines = ax.get_lines()
+        assert len({to_hex(ln.get_color()) for ln in lines}) == len(lines) <= 5  # its own colour, few a panel
+        scales_seen += [ln.get_label().split(":")[0] for ln in lines if ln.get_label().startswith("m = ")]
+    assert scales_seen == [f"m = {m:g}" for m in [0.5, 1, 2, 4, 8, 16]]
+    tokens = [ln for ln in angle_axes[-1].get_lines() if ln.get_label().startswith("<t>")]
+    assert len(tokens) == 2 and tokens[0].get_marker() != tokens[1].get_marker()
+    bound_labels = [t.get_text() for ax in bound_axes for t in ax.get_legend().get_texts()]
+    assert all(lb.startswith("bound for ") for lb in bound_labels)
+    assert {f"bound for m = {m:g}" for m in [0.5, 1, 2, 4, 8, 16]} <= {lb.split(":")[0] for lb in bound_labels}
 
 
 def test_probe_position_xlabel_mentions_learned_tokens_only_when_plotted():
@@ -274,7 +280,7 @@ def test_probe_position_xlabel_mentions_learned_tokens_only_when_plotted():
     from geomkit.commands.probe_position import plot
 
     res = SimpleNamespace(scales=[1.0, 4.0], accuracy=[0.9, 0.4], baseline_accuracy=0.9, chance=0.05,
-                          embeddings={}, embedding_norm_ratio={})
+                          embeddings={}, embedding_norm_ratio={}, mean_vocab_norm=1.0)
     assert "learned" not in plot(res, "t").axes[0].get_xlabel()
     res.embeddings, res.embedding_norm_ratio = {"<x>": 0.3}, {"<x>": 8.0}
     assert "learned tokens" in plot(res, "t").axes[0].get_xlabel()
