@@ -119,10 +119,22 @@ def _validation_folder(out_dir) -> Path:
     return folder
 
 
-def _training_latents(obj, kind: str, scaling: float, shift: float = 0.0) -> TrainingLatents:
-    cfg = obj.cfg
-    return TrainingLatents(obj.files, obj.resolution, obj.vae, obj.device, flip_p=cfg.flip_p, crop=cfg.crop,
-                           kind=kind, scaling=scaling, shift=shift)
+class ImageLatents:
+    """What every image objective (SD/SDXL, SANA, FLUX/SD3) does once its VAE, files and resolution
+    are known: the training latents (encoded once, or per step under random crops), the VAE's
+    decoder dropped until validation needs it, and no pipeline built yet."""
+
+    def _prepare_latents(self, kind: str) -> None:
+        cfg, vae_cfg = self.cfg, self.vae.config
+        self.latents = TrainingLatents(self.files, self.resolution, self.vae, self.device, flip_p=cfg.flip_p, crop=cfg.crop,
+                                       kind=kind, scaling=float(vae_cfg.scaling_factor),
+                                       shift=float(getattr(vae_cfg, "shift_factor", None) or 0.0))
+        lean_vae(self)
+        self._pipe = None
+
+    @property
+    def vae_encodes(self) -> int:
+        return self.latents.encodes
 
 
 def flow_matching_batch(obj, step: int, rank: int, world: int):
@@ -152,7 +164,7 @@ def _draw_common(obj, step: int, rank: int, world: int):
     return gen, which, latents, crops
 
 
-class DiffusionObjective:
+class DiffusionObjective(ImageLatents):
     kind = "diffusion"
 
     def __init__(self, cfg, inputs: dict, device, folder: Path, sdxl: bool):
@@ -180,14 +192,7 @@ class DiffusionObjective:
         self.resolution = cfg.resolution or int(self.unet.config.sample_size) * self.vae_scale
         if self.resolution % self.vae_scale:
             raise GeomkitError(f"--resolution {self.resolution}: must be a multiple of the VAE's factor {self.vae_scale}")
-        self.latents = _training_latents(self, "kl", float(self.vae.config.scaling_factor),
-                                         float(getattr(self.vae.config, "shift_factor", None) or 0.0))
-        lean_vae(self)
-        self._pipe = None
-
-    @property
-    def vae_encodes(self) -> int:
-        return self.latents.encodes
+        self._prepare_latents("kl")
 
     # ---- prompts --------------------------------------------------------------------------------
     def setup(self, slots) -> None:
@@ -311,7 +316,7 @@ class DiffusionObjective:
         }
 
 
-class SanaObjective:
+class SanaObjective(ImageLatents):
     """SANA pipelines: flow matching on the DiT, the Gemma 2 text encoder's learned rows injected."""
 
     kind = "diffusion"
@@ -340,13 +345,7 @@ class SanaObjective:
         self.resolution = cfg.resolution or int(self.transformer.config.sample_size) * self.vae_scale
         if self.resolution % self.vae_scale:
             raise GeomkitError(f"--resolution {self.resolution}: must be a multiple of the VAE's factor {self.vae_scale}")
-        self.latents = _training_latents(self, "dc", float(self.vae.config.scaling_factor))
-        lean_vae(self)
-        self._pipe = None
-
-    @property
-    def vae_encodes(self) -> int:
-        return self.latents.encodes
+        self._prepare_latents("dc")
 
     def pipeline(self):
         if self._pipe is None:

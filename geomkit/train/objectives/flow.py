@@ -35,10 +35,9 @@ from geomkit.train.data import expand_placeholder
 from geomkit.train.objectives.diffusion import (
     flow_matching_batch,
     _frozen,
-    _training_latents,
+    ImageLatents,
     _validation_folder,
     half_dtype_for_encoders,
-    lean_vae,
     speed_options,
     split_batch,
 )
@@ -47,7 +46,7 @@ from geomkit.train.text_conditioning import FlowText, parse_encoders
 GUIDANCE_SCALE = 3.5  # diffusers' FLUX training scripts' --guidance_scale default
 
 
-class FlowObjective:
+class FlowObjective(ImageLatents):
     """FLUX.1 (`kind="flux"`) or SD3.x (`kind="sd3"`) pipelines."""
 
     kind = "diffusion"
@@ -86,14 +85,7 @@ class FlowObjective:
             self.resolution = 128 * self.vae_scale  # FluxPipeline.default_sample_size
         if self.resolution % self.multiple:
             raise GeomkitError(f"--resolution {self.resolution}: must be a multiple of {self.multiple} for this pipeline")
-        self.latents = _training_latents(self, "kl", float(self.vae.config.scaling_factor),
-                                         float(getattr(self.vae.config, "shift_factor", None) or 0.0))
-        lean_vae(self)
-        self._pipe = None
-
-    @property
-    def vae_encodes(self) -> int:
-        return self.latents.encodes
+        self._prepare_latents("kl")
 
     # ---- prompts --------------------------------------------------------------------------------
     def setup(self, slots) -> None:
