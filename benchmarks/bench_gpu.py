@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import functools
 from pathlib import Path
 
 MODES = {
@@ -245,6 +246,27 @@ def _accounting(models: list, extra: int = 0):
     return weights, saved, pack
 
 
+@functools.lru_cache(maxsize=None)
+def _flash_like():
+    """An attention stand-in for the meta-device trace: flash attention keeps q, k, v, the output
+    and the log-sum-exp for backward, never the (L x L) scores."""
+    import torch
+
+    class FlashLike(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+            ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+            return out
+
+        @staticmethod
+        def backward(ctx, g):
+            q, k, v = ctx.saved_tensors[:3]
+            return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    return FlashLike
+
+
 def _estimate(size: str, batch: int, res: int, micro=None, ckpt=False, lean=True, precision="bf16", lora=0) -> dict:
     import logging
 
@@ -261,18 +283,6 @@ def _estimate(size: str, batch: int, res: int, micro=None, ckpt=False, lean=True
     low = {F.linear, F.conv2d, torch.matmul, torch.bmm, torch.baddbmm, torch.Tensor.matmul, torch.addmm}
     high = {F.group_norm, F.layer_norm, F.softmax, torch.softmax, torch.Tensor.softmax}
 
-    class FlashLike(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, q, k, v):
-            out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
-            ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
-            return out
-
-        @staticmethod
-        def backward(ctx, g):
-            q, k, v = ctx.saved_tensors[:3]
-            return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
     def cast(x, dtype):
         return x.to(dtype) if torch.is_tensor(x) and x.is_floating_point() else x
 
@@ -284,7 +294,7 @@ def _estimate(size: str, batch: int, res: int, micro=None, ckpt=False, lean=True
                 args = tuple(cast(a, dtype) for a in args)
                 kwargs = {k: cast(v, dtype) for k, v in kwargs.items()}
             elif func is F.scaled_dot_product_attention:
-                return FlashLike.apply(*(a.to(half) for a in args[:3]))
+                return _flash_like().apply(*(a.to(half) for a in args[:3]))
             return func(*args, **kwargs)
 
     sdxl, unet_cfg, enc_cfgs, _, _ = tiny.PIPELINE_SIZES[size]
@@ -358,18 +368,6 @@ def _estimate_flow(size: str, batch: int, res: int, micro=None, ckpt=False, prec
     trained = set(encoders or clips + ["t5"])
     low = {F.linear, F.conv2d, torch.matmul, torch.bmm, torch.baddbmm, torch.Tensor.matmul, torch.addmm}
 
-    class FlashLike(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, q, k, v):
-            out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
-            ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
-            return out
-
-        @staticmethod
-        def backward(ctx, g):
-            q, k, v = ctx.saved_tensors[:3]
-            return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
     class MiniAutocast(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
@@ -378,7 +376,7 @@ def _estimate_flow(size: str, batch: int, res: int, micro=None, ckpt=False, prec
             elif func is F.scaled_dot_product_attention and kwargs.get("attn_mask") is None:
                 # diffusers' attention dispatcher passes query=, key=, value= by keyword
                 qkv = list(args[:3]) + [kwargs[k] for k in ("query", "key", "value")[len(args[:3]):]]
-                return FlashLike.apply(*(a.to(half) for a in qkv))
+                return _flash_like().apply(*(a.to(half) for a in qkv))
             return func(*args, **kwargs)
 
     cfg = {"clip_l": tiny._CLIP_L, "clip_g": tiny._CLIP_G}
