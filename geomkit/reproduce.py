@@ -254,8 +254,6 @@ def command_line(step: Step) -> str:
 # ---- the claim-by-claim report (geomkit.findings) -----------------------------------------------
 from geomkit.findings import _fmt, _load  # noqa: E402,F401 (reproduce_t5 and the notebooks read them from here)
 
-TRAINED = (("ti", "train-ti"), ("dti", "train-dti"), ("ti-highlr", "train-ti-highlr"))
-
 
 def trained_norms_figure(root: Path, model: str):
     """Norm / m* against step: the seed runs' TI tokens (thin lines, one legend entry), their DTI

@@ -85,9 +85,6 @@ def training_steps(root, quick: bool, step_cls) -> list:
     return steps
 
 
-def pick(seq, key) -> Optional[object]:
-    return next((x for x in seq if key(x)), None)
-
 
 # ---- measurement steps ----------------------------------------------------------------------
 ANGLES, PROBE = f"{FOLDER}/angles", f"{FOLDER}/probe"
@@ -142,11 +139,6 @@ def _labels(files: list) -> list:
     return distinct_names(files, [read_embedding(f).name for f in files])
 
 
-def _mean(xs):
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else None
-
-
 def stat(values) -> dict:
     """mean, min, max and n of the non-null values (all null: n 0, the rest null)."""
     xs = [float(v) for v in values if v is not None]
@@ -179,7 +171,7 @@ def run_rows(measured: list, labels: list, train_results: dict, angles: Optional
             "steps": tr.get("steps"),
             "cos_to_prior": tr.get("cos_to_prior"),
             "angle_from_init_deg": tr.get("angle_from_init_deg"),
-            "related_cosine": _mean(drift.values()) if drift else None,
+            "related_cosine": stat(drift.values())["mean"],
             # a ti-rescaled token was never trained at m*: its loss is TI's, not its own (not measured)
             "final_loss_mean10": None if method == "ti-rescaled" else tr.get("final_loss_mean10"),
             "kappa": tr.get("kappa") if training != "ti-rescaled" else None,
