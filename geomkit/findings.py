@@ -440,7 +440,16 @@ def update_readme(readme: Path, root: Path) -> bool:
     (`python -m geomkit.findings` after `geomkit reproduce`; tests/test_findings.py checks it.)"""
     from geomkit.report import write_text
 
-    text = Path(readme).read_text(encoding="utf-8")
+    from geomkit.errors import GeomkitError
+
+    try:
+        text = Path(readme).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GeomkitError(f"{readme}: cannot be read ({getattr(exc, 'strerror', None) or exc}); give the repository's folder") from None
+    if README_BEGIN not in text or README_END not in text:
+        raise GeomkitError(f"{readme}: has no generated findings block (the two marker comments); give geomkit's README")
+    if not (Path(root) / "whisper-tiny-en").is_dir() and not (Path(root) / "gemma3-270m").is_dir():
+        raise GeomkitError(f"{root}: holds no reproduce outputs; run `geomkit reproduce` first")
     a, b = text.index(README_BEGIN), text.index(README_END) + len(README_END)
     new = text[:a] + readme_block(root) + text[b:]
     if new != text:
@@ -451,6 +460,12 @@ def update_readme(readme: Path, root: Path) -> bool:
 if __name__ == "__main__":
     import sys
 
+    from geomkit.errors import GeomkitError
+
     here = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(".")
-    changed = update_readme(here / "README.md", here / "probes")
+    try:
+        changed = update_readme(here / "README.md", here / "probes")
+    except GeomkitError as exc:
+        print(f"python -m geomkit.findings: {exc}", file=sys.stderr)
+        sys.exit(2)
     print("README findings block " + ("rewritten" if changed else "already up to date"))

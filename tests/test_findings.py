@@ -106,3 +106,20 @@ def test_inspect_examples_in_the_readme_come_from_committed_runs():
     for text in (f"norm {orig['norm_ratio']:.2f}x m* (m* {orig['m_star']:.4f})", f"position read {orig['position_accuracy']:.1%}",
                  f"vs {orig['position_accuracy_normal']:.1%} for normal tokens", f"copy: {fixed['position_accuracy']:.1%}"):
         assert text in readme, text
+
+
+def test_update_readme_refuses_bad_folders_in_one_line(tmp_path):
+    """`python -m geomkit.findings DIR`: no README, a README without the block, or no probes/ is one
+    line naming the problem, and the README is left as it was."""
+    from geomkit.errors import GeomkitError
+
+    with pytest.raises(GeomkitError, match="cannot be read"):
+        findings.update_readme(tmp_path / "README.md", tmp_path / "probes")
+    (tmp_path / "README.md").write_text("no block here\n")
+    with pytest.raises(GeomkitError, match="no generated findings block"):
+        findings.update_readme(tmp_path / "README.md", tmp_path / "probes")
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    (tmp_path / "README.md").write_text(text, encoding="utf-8")
+    with pytest.raises(GeomkitError, match="no reproduce outputs"):
+        findings.update_readme(tmp_path / "README.md", tmp_path / "probes")
+    assert (tmp_path / "README.md").read_text(encoding="utf-8") == text
